@@ -1,0 +1,160 @@
+"""Mask invariants for every kind and source, MAE semantics, determinism, bank vs online, errors."""
+import pytest
+import torch
+
+from colormae import COLORS, KINDS, make_masker, make_noise_bank, save_noise_bank
+from colormae.masking import _block_mask
+
+CASES = [(k, "online") for k in KINDS] + [(c, "bank") for c in COLORS]
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+SHAPES = [(14, 0.75), (8, 0.75), (16, 0.6), (7, 0.9)]
+
+
+# grid masking exists for ratio 0.75 only (its error is in test_bad_arguments)
+@pytest.mark.parametrize("kind, source, grid, ratio",
+                         [(k, s, g, r) for k, s in CASES for g, r in SHAPES if k != "grid" or r == 0.75])
+def test_mask_invariants(kind, source, grid, ratio):
+    m = make_masker(kind, grid, ratio, source=source, bank_patterns=8, bank_size=32)
+    L, n_keep = grid * grid, int(grid * grid * (1 - ratio))
+    mask, ids_keep, ids_restore = m(5, generator=gen())
+    assert m.n_keep == n_keep
+    assert mask.shape == (5, L) and mask.dtype == torch.float32
+    assert ids_keep.shape == (5, n_keep) and ids_keep.dtype == torch.long
+    assert ids_restore.shape == (5, L) and ids_restore.dtype == torch.long
+    assert set(mask.unique().tolist()) <= {0.0, 1.0}
+    assert (mask.sum(1) == L - n_keep).all()  # exactly n_keep visible in every sample
+    # ids_keep are exactly the visible patches
+    assert (torch.gather(mask, 1, ids_keep) == 0).all()
+    # ids_restore is a permutation that unshuffles [visible, masked] back into place (MAE semantics)
+    assert (ids_restore.sort(1).values == torch.arange(L)).all()
+    ids_shuffle = torch.argsort(ids_restore, 1)
+    assert torch.equal(ids_shuffle[:, :n_keep], ids_keep)
+    tokens = torch.arange(L).expand(5, L)
+    shuffled = torch.gather(tokens, 1, ids_shuffle)
+    assert torch.equal(torch.gather(shuffled, 1, ids_restore), tokens)
+    binary = torch.ones(5, L)
+    binary[:, :n_keep] = 0
+    assert torch.equal(torch.gather(binary, 1, ids_restore), mask)
+
+
+def test_random_is_exactly_maes_random_masking():
+    B, L, ratio = 4, 196, 0.75
+    len_keep = int(L * (1 - ratio))
+    noise = torch.rand(B, L, generator=gen(5))  # MAE: noise = torch.rand(N, L)
+    ids_shuffle = torch.argsort(noise, dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    mask = torch.ones(B, L)
+    mask[:, :len_keep] = 0
+    mask = torch.gather(mask, 1, ids_restore)
+    m, keep, restore = make_masker("random", 14, ratio)(B, generator=gen(5))
+    assert torch.equal(m, mask) and torch.equal(keep, ids_shuffle[:, :len_keep]) and torch.equal(restore, ids_restore)
+
+
+@pytest.mark.parametrize("kind, source", CASES)
+def test_same_seed_same_masks(kind, source):
+    m = make_masker(kind, 14, source=source, bank_patterns=8)
+    a, b = m(16, generator=gen(3)), m(16, generator=gen(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    c = m(16, generator=gen(4))
+    assert not torch.equal(a[0], c[0])
+
+
+def test_each_sample_gets_its_own_window():
+    """Unlike the reference code (one crop per batch), every sample has its own bank window."""
+    mask = make_masker("green", 14, source="bank", bank_patterns=4)(64, generator=gen())[0]
+    assert len({tuple(row.tolist()) for row in mask}) == 64
+
+
+def test_bank_windows_are_crops_of_the_bank():
+    bank = make_noise_bank("red", 2, 16, seed=0)
+    m = make_masker("red", 6, source="bank", bank=bank)
+    windows = m._bank_windows(50, gen(), None)
+    flat = {round(v, 5) for v in bank.patterns.flatten().tolist()}
+    assert all(round(v, 5) in flat for v in windows.flatten().tolist())
+    # wrap-around crops keep neighbours: each window row is a (possibly reversed) run of a bank row
+    row = windows[0, 0]
+    assert any(torch.allclose(row, torch.roll(p[r], -s)[:6]) or torch.allclose(row, torch.roll(p[r], -s)[:6].flip(0))
+               for p in bank.patterns for r in range(16) for s in range(16))
+
+
+def test_bank_from_path_and_params(tmp_path):
+    path = save_noise_bank(make_noise_bank("blue", 4, 20, seed=1), tmp_path / "blue.npz")
+    m = make_masker("blue", 14, source="bank", bank=path)
+    assert m.bank.patterns.shape == (4, 20, 20) and m.describe()["bank"]["seed"] == 1
+
+
+@pytest.mark.parametrize("color", COLORS)
+def test_bank_and_online_give_the_same_statistics(color):
+    """Visible fraction with a visible neighbour: same for bank windows and online noise."""
+    def neighbour_rate(mask):
+        vis = (mask == 0).reshape(-1, 14, 14)
+        right = (vis[:, :, 1:] & vis[:, :, :-1]).sum()
+        down = (vis[:, 1:, :] & vis[:, :-1, :]).sum()
+        return float((right + down) / vis.sum())
+    online = make_masker(color, 14)(512, generator=gen(1))[0]
+    bank = make_masker(color, 14, source="bank", bank_patterns=256, bank_size=64)(512, generator=gen(2))[0]
+    a, b = neighbour_rate(online), neighbour_rate(bank)
+    assert abs(a - b) < 0.1 * max(a, b) + 0.01, (color, a, b)
+
+
+def test_block_mask_is_blocky_and_exact():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    mask = _block_mask(14, 147, 16, rng)
+    assert mask.sum() <= 147
+    m = make_masker("block", 14)
+    mask = m(8, generator=gen())[0]
+    assert (mask.sum(1) == 147).all()
+
+
+def test_grid_keeps_one_of_every_2x2():
+    mask = make_masker("grid", 14)(8, generator=gen())[0].reshape(8, 7, 2, 7, 2)
+    visible_per_cell = (mask == 0).sum((2, 4))
+    assert (visible_per_cell == 1).all()
+
+
+def test_masks_on_device_follow_cpu_generator():
+    """A CPU generator decides the masks; ``device`` only says where they land."""
+    m = make_masker("green", 14, source="bank", bank_patterns=4)
+    a = m(8, generator=gen(9), device="cpu")
+    b = m(8, generator=gen(9))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind, source", CASES)
+def test_cuda_masks_match_cpu(kind, source):
+    m = make_masker(kind, 14, source=source, bank_patterns=8)
+    cpu = m(32, generator=gen(1), device="cpu")
+    cuda = m(32, generator=gen(1), device="cuda")
+    assert torch.equal(cpu[0], cuda[0].cpu())
+
+
+@pytest.mark.parametrize("args, kwargs, match", [
+    (("pink", 14), {}, "kind='pink'.*allowed values: random, block, grid, white, red, blue, green, purple"),
+    (("green", 14, 1.0), {}, r"mask_ratio=1.0 must be in the open interval \(0, 1\)"),
+    (("green", 14, 0.0), {}, "mask_ratio=0.0"),
+    (("green", 1), {}, "grid=1 must be an integer >= 2"),
+    (("green", 4, 0.97), {}, "leaves no visible patch"),
+    (("grid", 14, 0.5), {}, "needs mask_ratio=0.75"),
+    (("green", 14), {"sigma1": 2.0, "sigma2": 1.0}, "sigma1 < sigma2"),
+    (("purple", 14), {"sigma1": 3.0, "sigma2": 1.0}, "sigma1 < sigma2"),
+    (("green", 14), {"source": "disk"}, "source='disk'.*allowed values: online, bank"),
+    (("random", 14), {"source": "bank"}, "source='bank' applies to the color kinds"),
+    (("green", 14), {"source": "bank", "bank_size": 8}, "smaller than grid=14"),
+    (("random", 14), {"sigma": 1.0}, "takes no parameters"),
+    (("block", 14), {"sigma": 1.0}, "unknown parameter"),
+])
+def test_bad_arguments(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_masker(*args, **kwargs)
+
+
+def test_bank_of_wrong_color():
+    with pytest.raises(ValueError, match="bank holds 'red' noise but kind='green'"):
+        make_masker("green", 14, source="bank", bank=make_noise_bank("red", 2, 16))
