@@ -52,6 +52,9 @@ PRESETS: dict[str, MAEConfig] = {
     # 64 px, patch 4 -> 16x16 grid: the embedded-default preset (crops of real photographs).
     "mae_vit_tiny_patch4_64": MAEConfig(img_size=64, patch_size=4, embed_dim=192, depth=6, num_heads=3,
                                         decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
+    # Smoke tests and CI: seconds per run, learns nothing worth looking at.
+    "mae_vit_micro_patch4_32": MAEConfig(img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=2,
+                                         decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2),
 }
 
 

@@ -1,0 +1,133 @@
+"""Pretraining engine: determinism, exact resume, DDP (gloo) agreement, clear errors."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from colormae.model import MaskedAutoencoder
+from colormae.pretrain import PretrainConfig, parse_mask_schedule, train
+from colormae.runtime import load_checkpoint, read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(out, **kw) -> PretrainConfig:
+    base = dict(preset="mae_vit_micro_patch4_32", dataset="embedded", dataset_length=64, epochs=2, batch_size=16,
+                warmup_epochs=0.5, blr=1e-3, amp="none", output_dir=str(out), log_every=1, seed=0)
+    return PretrainConfig(**{**base, **kw})
+
+
+def losses(out):
+    return [r["loss"] for r in read_metrics(out)]
+
+
+def test_run_writes_everything_and_same_seed_same_losses(tmp_path):
+    s1 = train(tiny_cfg(tmp_path / "a"))
+    s2 = train(tiny_cfg(tmp_path / "b"))
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert len(losses(tmp_path / "a")) == 8 and s1["steps"] == 8 and s1["finished"]
+    for name in ("summary.json", "config.json", "metrics.jsonl", "checkpoint-last.pth", "encoder.pth"):
+        assert (tmp_path / "a" / name).exists(), name
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    for key in ("config", "environment", "wall_time_s", "images_per_s", "peak_memory_bytes", "final_loss", "masks"):
+        assert key in summary
+    assert summary["environment"]["torch"] == torch.__version__
+    assert summary["final_loss"] == s2["final_loss"]
+    other = train(tiny_cfg(tmp_path / "c", seed=1, epochs=1))
+    assert losses(tmp_path / "c") != losses(tmp_path / "a")[:4]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):
+    train(tiny_cfg(tmp_path / "full", mask="green,blue@1", accum_iter=2, batch_size=8))
+    # stop mid-epoch (after 3 of 4 optimizer steps of epoch 0), then resume from checkpoint-last
+    part = train(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, max_steps=3))
+    assert part["steps"] == 3 and not part["finished"]
+    assert not (tmp_path / "cut" / "encoder.pth").exists()
+    train(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, resume="auto"))
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_mask_schedule():
+    assert parse_mask_schedule("green") == [(0, "green")]
+    assert parse_mask_schedule("green,blue@200") == [(0, "green"), (200, "blue")]
+    for bad in ("pink", "green,blue", "green@3", "green,blue@5,red@2"):
+        with pytest.raises(ValueError, match="mask="):
+            parse_mask_schedule(bad)
+
+
+def test_bad_inputs_fail_before_the_model_is_built(tmp_path, monkeypatch):
+    built = []
+    monkeypatch.setattr(MaskedAutoencoder, "__init__", lambda *a, **k: built.append(1) or (_ for _ in ()).throw(
+        AssertionError("model built")))
+    with pytest.raises(ValueError, match="kind 'pink' is not supported"):
+        train(tiny_cfg(tmp_path, mask="pink"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        train(tiny_cfg(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="preset="):
+        train(tiny_cfg(tmp_path, preset="vit_gigantic"))
+    with pytest.raises(ValueError, match="amp="):
+        train(tiny_cfg(tmp_path, amp="fp8"))
+    assert not built
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint-last.pth").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="checkpoint .*checkpoint-last.pth is corrupt"):
+        train(tiny_cfg(tmp_path, resume="auto"))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        train(tiny_cfg(tmp_path, resume=str(tmp_path / "missing.pth")))
+
+
+def test_corrupt_image_is_named(tmp_path):
+    from PIL import Image
+    for cls in ("a", "b"):
+        (tmp_path / "data" / "train" / cls).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (40, 40), (i * 20, 0, 0)).save(tmp_path / "data" / "train" / cls / f"{i}.jpg")
+    (tmp_path / "data" / "train" / "b" / "broken.jpg").write_bytes(b"\x00garbage")
+    cfg = tiny_cfg(tmp_path / "run", dataset="imagefolder", data_root=str(tmp_path / "data"), epochs=1, batch_size=17)
+    with pytest.raises(OSError, match="broken.jpg"):
+        train(cfg)
+    cfg.skip_corrupt, cfg.batch_size = True, 8
+    summary = train(cfg)
+    assert any("broken.jpg" in name for name in summary["skipped_images"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    train(tiny_cfg(tmp_path, epochs=1))
+    good = (tmp_path / "checkpoint-last.pth").read_bytes()
+    monkeypatch.setattr(MaskedAutoencoder, "loss", lambda self, imgs, pred, mask: pred.sum() * float("nan"))
+    with pytest.raises(FloatingPointError, match="loss is nan"):
+        train(tiny_cfg(tmp_path, epochs=2, resume="auto"))
+    assert (tmp_path / "checkpoint-last.pth").read_bytes() == good
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process(tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    common = ["-m", "colormae.pretrain", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+              "--dataset-length", "64", "--epochs", "1", "--amp", "none", "--blr", "1e-3", "--log-every", "1",
+              "--device", "cpu", "--warmup-epochs", "0.5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", *common, "--batch-size", "8",
+                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 4
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    for a, b in zip(l1, l2):
+        assert abs(a - b) <= 1e-4 * abs(a) + 1e-6, (l1, l2)
