@@ -1,0 +1,91 @@
+"""Run the pretraining or fine-tuning CLI on Slurm through submitit (optional extra: ``pip install -e .[slurm]``).
+
+    python -m colormae.submit --nodes 4 --gpus-per-node 8 --partition gpu --timeout-min 4320 \\
+        -- --preset mae_vit_base_patch16 --dataset imagefolder --data-root /imagenet --epochs 800 \\
+           --batch-size 128 --mask green --output-dir results/pretrain/green_800e
+
+Everything after ``--`` goes to ``colormae.pretrain`` (or ``--job finetune``) unchanged. Each task
+exports torch.distributed's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) and calls the same
+``main`` that torchrun would; on preemption or timeout the job requeues itself with
+``--resume auto``, so it continues from ``checkpoint-last.pth``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+JOBS = ("pretrain", "finetune")
+
+
+class Job:
+    """Picklable callable that submitit runs on every task."""
+
+    def __init__(self, job: str, argv: list[str]):
+        self.job, self.argv = job, argv
+
+    def __call__(self):
+        import submitit
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        if self.job == "pretrain":
+            from .pretrain import main
+        else:
+            from .finetune import main
+        return main(self.argv)
+
+    def checkpoint(self):
+        """Called by submitit on preemption/timeout: requeue the same job, resuming."""
+        import submitit
+        argv = [a for a in self.argv]
+        if "--resume" in argv:
+            i = argv.index("--resume")
+            del argv[i:i + 2]
+        return submitit.helpers.DelayedSubmission(Job(self.job, argv + ["--resume", "auto"]))
+
+
+def _output_dir(argv: list[str]) -> str:
+    return argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "results/slurm"
+
+
+def main(argv: list[str] | None = None):
+    argv = sys.argv[1:] if argv is None else argv
+    ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--job", default="pretrain", choices=JOBS)
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--cpus-per-task", type=int, default=10)
+    p.add_argument("--mem-gb", type=int, default=0, help="0 = let Slurm decide")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--timeout-min", type=int, default=60 * 72)
+    p.add_argument("--job-name", default="colormae")
+    p.add_argument("--log-dir", default=None, help="default: <output-dir>/slurm")
+    p.add_argument("--cluster", default=None, choices=("slurm", "local", "debug"),
+                   help="submitit cluster (default: slurm if available, else local); debug runs in-process")
+    args = p.parse_args(ours)
+    try:
+        import submitit
+    except ImportError as e:
+        raise SystemExit("submitit is not installed: pip install -e '.[slurm]'") from e
+
+    log_dir = Path(args.log_dir or Path(_output_dir(rest)) / "slurm")
+    executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster=args.cluster)
+    params = dict(nodes=args.nodes, tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+                  cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, name=args.job_name,
+                  slurm_partition=args.partition, slurm_signal_delay_s=120)
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    if args.account:
+        params["slurm_account"] = args.account
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    job = executor.submit(Job(args.job, rest if "--device" in rest else rest + ["--device", "cuda"]))
+    logging.basicConfig(level=logging.INFO)
+    log.info("submitted job %s; logs in %s", job.job_id, log_dir)
+    return job
+
+
+if __name__ == "__main__":
+    main()
