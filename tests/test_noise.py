@@ -47,8 +47,8 @@ def test_green_has_interior_peak():
     k = int(p.argmax())
     assert 0 < k < len(p) - 1
     assert p[k] > 10 * p[0] and p[k] > 10 * p[-1]
-    # DoG passband peak of (σ1, σ2) = (1, 2): f* = sqrt(ln 4 / (2π²(σ2² − σ1²))) ≈ 0.153 cycles/sample
-    assert abs(float(f[k]) - 0.153) < 0.05
+    # DoG passband peak of (σ1, σ2) = (0.7, 1.4): f* = sqrt(ln 4 / (2π²(σ2² − σ1²))) ≈ 0.219 cycles/sample
+    assert abs(float(f[k]) - 0.219) < 0.04
 
 
 def test_purple_has_interior_notch():
@@ -104,7 +104,7 @@ def test_bank_roundtrip(tmp_path):
     path = save_noise_bank(bank, tmp_path / "green.npz")
     loaded = load_noise_bank(path)
     assert torch.equal(loaded.patterns, bank.patterns)
-    assert loaded.color == "green" and loaded.seed == 3 and loaded.params["sigma1"] == 1.0
+    assert loaded.color == "green" and loaded.seed == 3 and loaded.params["sigma1"] == 0.7
     assert not list(tmp_path.glob("*.tmp"))
     assert torch.equal(make_noise_bank("green", 8, 32, seed=3).patterns, bank.patterns)
 
