@@ -1,14 +1,36 @@
-"""Evaluation protocols: kNN / linear probe on known feature sets, encoder loading, clear errors."""
+"""Evaluation protocols: kNN / linear probe on known feature sets, encoder loading, fine-tuning
+(timm loading, augmentation at small sizes, exact resume, DDP), clear errors."""
+import json
 import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
-from colormae.finetune import (evaluate_frozen, extract_features, knn_classify, linear_probe, load_encoder)
+from colormae import finetune as ft
+from colormae.finetune import (FinetuneConfig, build_finetune_model, evaluate_frozen, extract_features,
+                               knn_classify, linear_probe, load_encoder)
 from colormae.model import export_encoder, mae_model
 from colormae.pretrain import PretrainConfig, train
+from colormae.runtime import load_checkpoint, read_metrics
 
 MICRO = "mae_vit_micro_patch4_32"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Thousands of tiny ops: with 2 threads on busy shared cores, every op waits out a descheduled
+    OpenMP thread (a 0.2 s probe took 30 s). One thread is also faster at these sizes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +154,132 @@ def test_evaluate_frozen_mismatch_fails_before_data(tmp_path):
         evaluate_frozen(export, "cifar10", str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="unknown dataset"):
         evaluate_frozen(export, "mnist")
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------
+
+def ft_cfg(encoder, out, **kw) -> FinetuneConfig:
+    base = dict(encoder=str(encoder), protocol="finetune", dataset="embedded", train_length=64, test_length=16,
+                epochs=2, batch_size=16, warmup_epochs=0.5, blr=1e-3, amp="none", output_dir=str(out), log_every=1,
+                seed=0, device="cpu")
+    return FinetuneConfig(**{**base, **kw})
+
+
+def test_finetune_model_is_stock_timm_loaded_with_the_encoder(run_dir):
+    export = load_encoder(run_dir)
+    model, result = build_finetune_model(export, num_classes=7, drop_path=0.1)
+    assert type(model).__module__.startswith("timm.")
+    assert sorted(result.missing_keys) == ["fc_norm.bias", "fc_norm.weight", "head.bias", "head.weight"]
+    assert not result.unexpected_keys
+    state = model.state_dict()
+    for k in ("blocks.1.attn.qkv.weight", "patch_embed.proj.weight", "cls_token", "pos_embed"):
+        assert torch.equal(state[k], export["state_dict"][k]), k
+    assert model.head.out_features == 7 and model.global_pool == "avg"
+    assert model.head.weight.abs().max() < 1e-3  # MAE's near-zero head init
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_randaugment_pipeline_at_small_sizes(size):
+    from timm.data.auto_augment import RandAugment
+    tf = ft.train_transform(size, FinetuneConfig())
+    img = Image.new("RGB", (size, size), (120, 30, 200))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        assert tf(img).shape == (3, size, size)
+    # magnitude 10 asks timm's increasing posterize for 0 bits, which Pillow 13 rejects
+    ra = next(t for t in tf.transforms if isinstance(t, RandAugment))
+    op = next(o for o in ra.ops if o.name == "PosterizeIncreasing")
+    op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0
+    assert op(img).size == (size, size)
+
+
+def test_cli_protocols_write_summaries(run_dir, tmp_path):
+    common = ["--encoder", str(run_dir), "--train-length", "64", "--test-length", "16", "--device", "cpu"]
+    s = ft.main(common + ["--protocol", "finetune", "--max-steps", "2", "--batch-size", "16", "--amp", "bf16",
+                          "--output-dir", str(tmp_path / "ft")])
+    assert s["steps"] == 2 and not s["finished"] and 0 <= s["top1"] <= 1
+    for name in ("summary.json", "config.json", "metrics.jsonl", "checkpoint-last.pth"):
+        assert (tmp_path / "ft" / name).exists(), name
+    for protocol, extra in (("knn", []), ("linprobe", ["--epochs", "5", "--batch-size", "32"])):
+        ft.main(common + ["--protocol", protocol, "--output-dir", str(tmp_path / protocol)] + extra)
+        summary = json.loads((tmp_path / protocol / "summary.json").read_text())
+        assert summary["protocol"] == protocol and 0 <= summary["top1"] <= 1 and summary["num_train"] == 64
+        assert summary["environment"]["torch"] == torch.__version__
+    summary = json.loads((tmp_path / "ft" / "summary.json").read_text())
+    for key in ("top1", "top5", "config", "environment", "wall_time_s", "images_per_s", "missing_keys"):
+        assert key in summary, key
+
+
+def test_finetune_interrupted_then_resumed_matches_uninterrupted(run_dir, tmp_path):
+    full = ft.finetune(ft_cfg(run_dir, tmp_path / "full"))
+    assert full["finished"] and full["steps"] == 8 and len(full["evals"]) == 2
+    part = ft.finetune(ft_cfg(run_dir, tmp_path / "cut", max_steps=3))  # mid-epoch 0
+    assert part["steps"] == 3 and not part["finished"]
+    resumed = ft.finetune(ft_cfg(run_dir, tmp_path / "cut", resume="auto"))
+
+    def records(out):
+        return [{k: v for k, v in r.items() if k != "img_per_s"} for r in read_metrics(out)]
+    assert records(tmp_path / "cut") == records(tmp_path / "full")
+    assert resumed["evals"] == full["evals"] and resumed["top1"] == full["top1"]
+    a = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_finetune_errors_come_before_the_model(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "build_finetune_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        ft.finetune(ft_cfg(tmp_path / "missing.pth", tmp_path))
+    with pytest.raises(ValueError, match="num_classes=3 but the dataset has 16"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, num_classes=3))
+    with pytest.raises(ValueError, match="encoder/preset mismatch"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, img_size=64))
+    enc64 = tmp_path / "enc64.pth"
+    torch.save(export_encoder(mae_model("mae_vit_tiny_patch4_64")), enc64)
+    with pytest.raises(ValueError, match="encoder/preset mismatch"):
+        ft.finetune(ft_cfg(enc64, tmp_path, dataset="cifar10", data_root=str(tmp_path / "nowhere")))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, dataset="mnist"))
+    with pytest.raises(ValueError, match="protocol="):
+        ft.run(ft_cfg(run_dir, tmp_path, protocol="svm"))
+    with pytest.raises(ValueError, match="must be even"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, batch_size=15))
+    with pytest.raises(SystemExit):
+        ft.main(["--encoder", str(tmp_path / "missing.pth"), "--output-dir", str(tmp_path)])
+
+
+def test_resume_with_another_head_is_refused(run_dir, tmp_path):
+    ft.finetune(ft_cfg(run_dir, tmp_path, max_steps=1))
+    ckpt = load_checkpoint(tmp_path / "checkpoint-last.pth")
+    ckpt["num_classes"] = 10
+    torch.save(ckpt, tmp_path / "checkpoint-last.pth")
+    with pytest.raises(ValueError, match="10-class head"):
+        ft.finetune(ft_cfg(run_dir, tmp_path, resume="auto"))
+
+
+@pytest.mark.slow
+def test_two_process_gloo_matches_one_process(run_dir, tmp_path):
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not on PATH")
+    # no mixup / drop path: those draw per rank, so only the per-sample augmentation is shared
+    common = ["-m", "colormae.finetune", "--encoder", str(run_dir), "--train-length", "64", "--test-length", "16",
+              "--epochs", "1", "--amp", "none", "--device", "cpu", "--log-every", "1", "--mixup", "0",
+              "--cutmix", "0", "--drop-path", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", *common, "--batch-size", "8",
+                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    r1, r2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert len(r1) == len(r2) == 5  # 4 steps + 1 evaluation
+    for a, b in zip(r1, r2):
+        for k in ("loss", "test_top1", "test_loss"):
+            if k in a:
+                assert abs(a[k] - b[k]) <= 1e-4 * abs(a[k]) + 1e-6, (r1, r2)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
