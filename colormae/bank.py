@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .noise import COLORS, color_noise, color_params
 from .void_and_cluster import void_and_cluster

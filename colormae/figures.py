@@ -159,3 +159,69 @@ def plot_color_noise(colors: Sequence[str] = COLORS, size: int = 64, grid: int =
     for i in range(n_masks):
         axes[3 + i, 0].set_ylabel(f"mask {grid}x{grid}", fontsize=9)
     return fig
+
+
+# ----------------------------------------------------------------------------- training (loss, reconstructions)
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average (window 1 = raw); the first points average what exists so far."""
+    v = np.asarray(values, dtype=float)
+    if window <= 1 or len(v) == 0:
+        return v
+    c = np.cumsum(np.insert(v, 0, 0.0))
+    n = np.minimum(np.arange(1, len(v) + 1), window)
+    return (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], *, x: str = "epoch", window: int = 1,
+                     title: str = "Pretraining loss", kinds: dict[str, str] | None = None,
+                     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> Figure:
+    """Loss against ``x`` ("epoch" or "step") for several runs (label -> metrics.jsonl records).
+
+    ``kinds`` maps a label to its mask kind so it gets the kind's color (the paper's Fig. 4).
+    ``bands`` maps a label to (x, mean, std) drawn as a shaded mean +- std instead of ``runs``.
+    """
+    fig = Figure(figsize=(6.0, 4.0))
+    ax = fig.subplots()
+    for label, records in runs.items():
+        xs = [r[x] for r in records]
+        color = KIND_COLORS.get((kinds or {}).get(label, label))
+        ax.plot(xs, smooth([r["loss"] for r in records], window), label=label, color=color, lw=1.5)
+    for label, (xs, mean, std) in (bands or {}).items():
+        color = KIND_COLORS.get((kinds or {}).get(label, label))
+        ax.plot(xs, mean, label=label, color=color, lw=1.5)
+        ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    ax.set_xlabel(x)
+    ax.set_ylabel("reconstruction loss (MSE, masked patches)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def to_display(imgs: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+    """Normalized [B, C, H, W] -> displayable [B, H, W, C] in [0, 1] (ImageNet statistics by default)."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    mean = torch.tensor(mean or IMAGENET_DEFAULT_MEAN).view(1, -1, 1, 1)
+    std = torch.tensor(std or IMAGENET_DEFAULT_STD).view(1, -1, 1, 1)
+    return (imgs.detach().float().cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def plot_image_rows(rows: dict[str, torch.Tensor], *, title: str | None = None, size: float = 1.4) -> Figure:
+    """One row per entry (row label -> normalized images [B, C, H, W]), one column per image."""
+    n_rows, n_cols = len(rows), next(iter(rows.values())).shape[0]
+    fig = Figure(figsize=(size * n_cols + 1.2, size * n_rows + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(n_rows, n_cols, squeeze=False))
+    for r, (label, imgs) in enumerate(rows.items()):
+        for c, img in enumerate(to_display(imgs)):
+            ax = axes[r, c]
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

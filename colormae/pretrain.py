@@ -3,7 +3,8 @@
 
 Defaults pretrain the 64-px CPU preset on the embedded photographs with green masks. The paper's
 setting is ``--preset mae_vit_base_patch16 --dataset imagefolder --data-root /imagenet
---epochs 800 --batch-size 256 --accum-iter 2 --blr 1.5e-4 --warmup-epochs 40 --mask green``
+--epochs 800 --batch-size 256 --accum-iter 2 --blr 1.5e-4 --warmup-epochs 40 --mask green
+--device cuda --num-workers 10``
 on 8 GPUs (effective batch 4096).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
@@ -44,7 +45,8 @@ class PretrainConfig:
     epochs: int = 5
     batch_size: int = 64  # per process
     accum_iter: int = 1
-    blr: float = 1.5e-4
+    # 4e-3 suits the small CPU presets at batch 64 (lr 1e-3); the paper's ViT-B uses 1.5e-4 at 4096
+    blr: float = 4e-3
     min_lr: float = 0.0
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0

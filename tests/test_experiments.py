@@ -1,0 +1,74 @@
+"""The grid command: runs, table.csv, resumability; result summaries."""
+import csv
+import math
+
+import pandas as pd
+import pytest
+
+from colormae import experiments, results
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    out = tmp_path_factory.mktemp("grid")
+    args = ["cifar10-minirepro", "--out", str(out), "--masks", "random", "green", "--seeds", "0", "1",
+            "--epochs", "1", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+            "--dataset-length", "64", "--batch-size", "32", "--linprobe-epochs", "3", "--eval-length", "128", "--device", "cpu"]
+    experiments.main(args)
+    return out, args
+
+
+def test_grid_writes_one_row_per_run(tiny_grid):
+    out, _ = tiny_grid
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [(r["mask"], r["seed"]) for r in rows] == [("random", "0"), ("random", "1"), ("green", "0"), ("green", "1")]
+    for r in rows:
+        assert set(experiments.TABLE_COLUMNS) <= set(r)
+        for key in ("knn_top1", "linprobe_top1"):
+            assert 0.0 <= float(r[key]) <= 1.0
+        assert float(r["pretrain_epochs"]) == 1.0 and math.isfinite(float(r["final_loss"]))
+    for mask in ("random", "green"):
+        for seed in (0, 1):
+            run = out / "runs" / f"{mask}_seed{seed}"
+            assert (run / "summary.json").exists() and (run / "eval.json").exists()
+
+
+def test_grid_is_resumable(tiny_grid):
+    out, args = tiny_grid
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/eval.json")}
+    experiments.main(args)  # everything finished: nothing is retrained or re-evaluated
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    (out / "runs" / "green_seed1" / "eval.json").unlink()  # evaluation lost: re-evaluated, not retrained
+    summary = (out / "runs" / "green_seed1" / "summary.json").stat().st_mtime_ns
+    experiments.main(args)
+    assert (out / "runs" / "green_seed1" / "eval.json").exists()
+    assert (out / "runs" / "green_seed1" / "summary.json").stat().st_mtime_ns == summary
+
+
+def test_summaries_and_loss_bands(tiny_grid):
+    out, _ = tiny_grid
+    table = results.load_grid_table(out)
+    summary = results.summarize_by_mask(table)
+    assert list(summary.index) == ["random", "green"]
+    assert summary.loc["green", "knn_top1_n"] == 2
+    assert summary.loc["green", "knn_top1_mean"] == pytest.approx(table[table["mask"] == "green"]["knn_top1"].mean())
+    text = results.format_mean_std(summary, "knn_top1")
+    assert "±" in text["green"] and "(n=2)" in text["green"]
+    bands = results.loss_bands(out, table, points=5)
+    xs, mean, std = bands["green"]
+    assert len(xs) == len(mean) == len(std) == 5 and (std >= 0).all()
+
+
+def test_bad_grid_arguments_fail_before_training(tmp_path):
+    with pytest.raises(ValueError, match="kind 'pink'"):
+        experiments.main(["cifar10-minirepro", "--out", str(tmp_path), "--masks", "pink"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_paper_table_is_labelled_and_complete():
+    t = results.paper_table1()
+    assert t.index.name.startswith("paper") and list(t.columns) == results.MASK_ORDER
+    assert t.loc[800, "green"] == 83.57 and t.loc[100, "red"] == 78.83
+    assert isinstance(results.paper_table1("segmentation_miou"), pd.DataFrame)
+    with pytest.raises(ValueError, match="task="):
+        results.paper_table1("depth")
