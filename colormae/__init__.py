@@ -5,3 +5,6 @@ from .noise import COLORS, DEFAULT_PARAMS, color_noise, filter_noise, radial_spe
 from .void_and_cluster import void_and_cluster
 
 __version__ = "0.1.0"
+__all__ = ["NoiseBank", "load_noise_bank", "make_noise_bank", "save_noise_bank", "KINDS", "SOURCES", "Masker",
+           "make_masker", "masks_from_scores", "COLORS", "DEFAULT_PARAMS", "color_noise", "filter_noise",
+           "radial_spectrum", "white_noise", "void_and_cluster"]

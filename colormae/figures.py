@@ -184,6 +184,7 @@ def plot_loss_curves(runs: dict[str, list[dict]], *, x: str = "epoch", window: i
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     for label, records in runs.items():
+        records = [r for r in records if "loss" in r]  # engines also log evaluation-only records
         xs = [r[x] for r in records]
         color = KIND_COLORS.get((kinds or {}).get(label, label))
         ax.plot(xs, smooth([r["loss"] for r in records], window), label=label, color=color, lw=1.5)

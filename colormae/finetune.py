@@ -42,7 +42,7 @@ from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import data as data_lib
 from .model import MAEConfig, MaskedAutoencoder, export_encoder, timm_vit_from_export
@@ -411,14 +411,6 @@ def _at_least_one_bit(level_fn, magnitude: float, hparams: dict) -> tuple:
     return (max(1, level_fn(magnitude, hparams)[0]),)
 
 
-class SeededSamplesNumpy(SeededSamples):
-    """``runtime.SeededSamples`` that also seeds numpy: timm's RandAugment picks its ops with np.random."""
-
-    def __getitem__(self, item):
-        np.random.seed(item[1])
-        return super().__getitem__(item)
-
-
 def build_finetune_model(export: dict, num_classes: int, drop_path: float = 0.1) -> tuple[nn.Module, object]:
     """Stock timm ViT with average pooling + fresh fc_norm and head (MAE's fine-tuning model)."""
     model, result = timm_vit_from_export(export, num_classes, global_pool="avg", drop_path_rate=drop_path)
@@ -477,7 +469,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         train_transform=train_transform(img_size, cfg))
     global_batch = cfg.batch_size * info.world_size
     sampler = GlobalBatchSampler(len(train_set), global_batch, info, cfg.seed)
-    loader = torch.utils.data.DataLoader(SeededSamplesNumpy(train_set), batch_sampler=sampler,
+    loader = torch.utils.data.DataLoader(SeededSamples(train_set), batch_sampler=sampler,
                                          num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
     steps_per_epoch = len(train_set) // global_batch
     total_steps = steps_per_epoch * cfg.epochs

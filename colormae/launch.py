@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-ENGINES = ("pretrain", "finetune")
+ENGINES = {"pretrain": "train", "finetune": "run"}  # module -> its function taking a config
 
 
 def to_argv(params: dict) -> list[str]:
@@ -42,7 +42,7 @@ def run_engine(engine: str, params: dict, nproc: int = 1) -> dict:
     module = importlib.import_module(f"colormae.{engine}")
     argv = to_argv(params)
     if nproc == 1:
-        return module.train(module.config_from_args(argv))
+        return getattr(module, ENGINES[engine])(module.config_from_args(argv))
     module.config_from_args(argv)  # fail on bad arguments here, before starting N processes
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            "-m", f"colormae.{engine}", *argv]

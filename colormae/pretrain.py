@@ -42,7 +42,7 @@ class PretrainConfig:
     dataset: str = "embedded"
     data_root: str | None = None
     dataset_length: int | None = None  # embedded dataset only: number of crops per epoch
-    epochs: int = 5
+    epochs: int = 8
     batch_size: int = 64  # per process
     accum_iter: int = 1
     # 4e-3 suits the small CPU presets at batch 64 (lr 1e-3); the paper's ViT-B uses 1.5e-4 at 4096

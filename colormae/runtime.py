@@ -97,7 +97,10 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
 
 
 class SeededSamples(torch.utils.data.Dataset):
-    """Applies each sample's seed before loading it, so augmentation ignores workers and resumes."""
+    """Applies each sample's seed before loading it, so augmentation ignores workers and resumes.
+
+    torch, python and numpy are all seeded: torchvision draws with torch, timm's RandAugment picks
+    its operations with numpy and python's ``random``."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -109,6 +112,7 @@ class SeededSamples(torch.utils.data.Dataset):
         index, seed = item
         torch.manual_seed(seed)
         random.seed(seed)
+        np.random.seed(seed)
         return self.dataset[index]
 
 

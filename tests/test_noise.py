@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from colormae import COLORS, color_noise, load_noise_bank, make_noise_bank, radial_spectrum, save_noise_bank
+from colormae import color_noise, load_noise_bank, make_noise_bank, radial_spectrum, save_noise_bank
 from colormae.noise import gaussian_transfer
 from colormae.void_and_cluster import void_and_cluster
 

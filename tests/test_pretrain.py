@@ -38,7 +38,7 @@ def test_run_writes_everything_and_same_seed_same_losses(tmp_path):
         assert key in summary
     assert summary["environment"]["torch"] == torch.__version__
     assert summary["final_loss"] == s2["final_loss"]
-    other = train(tiny_cfg(tmp_path / "c", seed=1, epochs=1))
+    train(tiny_cfg(tmp_path / "c", seed=1, epochs=1))
     assert losses(tmp_path / "c") != losses(tmp_path / "a")[:4]
     assert not list(tmp_path.rglob("*.tmp"))
 
