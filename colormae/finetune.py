@@ -47,9 +47,9 @@ from tqdm import tqdm
 from . import data as data_lib
 from .model import MAEConfig, MaskedAutoencoder, export_encoder, timm_vit_from_export
 from .pretrain import AMP_MODES, _autocast, _loss_scaler
-from .runtime import (DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save,
-                      environment_info, init_distributed, load_checkpoint, peak_memory_bytes, resolve_device,
-                      rng_state, set_rng_state, write_json)
+from .runtime import (DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, cli_main,
+                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, rng_state,
+                      set_rng_state, setup_device, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("finetune", "linprobe", "knn")
@@ -455,9 +455,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     """End-to-end fine-tuning; returns (and writes) the run summary."""
     cfg = resolve_defaults(cfg)
     validate(cfg)
-    info = init_distributed("cuda" if cfg.device.startswith("cuda") or
-                            (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = resolve_device(cfg.device, info)
+    info, device = setup_device(cfg.device)
     out = Path(cfg.output_dir)
 
     # encoder and data first: a missing file, a size or class mismatch fails here, before the model is built
@@ -509,8 +507,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
         set_rng_state(ckpt["rng"])
         scheduler.step_update(num_updates=step)
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
-    ddp_model = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                           else None) if info.world_size > 1 else model)
+    ddp_model = wrap_ddp(model, info, device)
 
     metrics = MetricLog(out, info.is_main, resume_step=step if resumed else None)
     if info.is_main:
@@ -553,7 +550,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
             step, batch_in_epoch = step + 1, batch_in_epoch + 1
             images_seen += imgs.shape[0] * info.world_size
             scheduler.step_update(num_updates=step)
-            last_loss = _mean_across_ranks(loss.detach(), info)
+            last_loss = mean_across_ranks(loss.detach(), info)
             bar.update(1)
             if info.is_main and (step % cfg.log_every == 0 or step == 1):
                 rate = images_seen / timer.elapsed
@@ -595,14 +592,6 @@ def finetune(cfg: FinetuneConfig) -> dict:
     return summary
 
 
-def _mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
-    if info.world_size > 1:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x /= info.world_size
-    return float(x.item())
-
-
 def frozen(cfg: FinetuneConfig) -> dict:
     """The kNN or linear-probe protocol on cached features; writes summary.json like ``finetune``.
 
@@ -611,9 +600,7 @@ def frozen(cfg: FinetuneConfig) -> dict:
     """
     cfg = resolve_defaults(cfg)
     validate(cfg)
-    info = init_distributed("cuda" if cfg.device.startswith("cuda") or
-                            (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = resolve_device(cfg.device, info)
+    info, device = setup_device(cfg.device)
     out = Path(cfg.output_dir)
     summary: dict = {}
     if info.is_main:
@@ -698,16 +685,7 @@ def config_from_args(argv: list[str] | None = None) -> FinetuneConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = config_from_args(argv)
-    try:
-        return run(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        log.error("%s", e)
-        raise SystemExit(2) from e
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    return cli_main(run, config_from_args(argv))
 
 
 if __name__ == "__main__":

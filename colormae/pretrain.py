@@ -25,9 +25,9 @@ from tqdm import tqdm
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
 from .model import MaskedAutoencoder, export_encoder, get_config
-from .runtime import (DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save,
-                      environment_info, init_distributed, load_checkpoint, peak_memory_bytes, resolve_device,
-                      rng_state, set_rng_state, write_json)
+from .runtime import (GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, cli_main,
+                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, rng_state,
+                      set_rng_state, setup_device, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 AMP_MODES = ("bf16", "fp16", "none")
@@ -116,9 +116,7 @@ def _autocast(amp: str, device: torch.device):
 def train(cfg: PretrainConfig) -> dict:
     """Pretrain; returns (and writes) the run summary."""
     validate(cfg)
-    info = init_distributed("cuda" if cfg.device.startswith("cuda") or
-                            (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    device = resolve_device(cfg.device, info)
+    info, device = setup_device(cfg.device)
     out = Path(cfg.output_dir)
     mcfg = get_config(cfg.preset, norm_pix_loss=cfg.norm_pix_loss)
     maskers = build_maskers(cfg, mcfg.grid, device)
@@ -161,8 +159,7 @@ def train(cfg: PretrainConfig) -> dict:
         step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         set_rng_state(ckpt["rng"], mask_gen)
         log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
-    ddp_model = (torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                                           else None) if info.world_size > 1 else model)
+    ddp_model = wrap_ddp(model, info, device)
 
     metrics = MetricLog(out, info.is_main, resume_step=step if resume else None)
     if info.is_main:
@@ -207,7 +204,7 @@ def train(cfg: PretrainConfig) -> dict:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             scheduler.step_update(num_updates=step)
-            last_loss = _mean_across_ranks(loss.detach(), info)
+            last_loss = mean_across_ranks(loss.detach(), info)
             bar.update(1)
             if info.is_main and (step % cfg.log_every == 0 or step == 1):
                 rate = images_seen / timer.elapsed
@@ -243,14 +240,6 @@ def train(cfg: PretrainConfig) -> dict:
         write_json(summary, out / "summary.json")
     metrics.close()
     return summary
-
-
-def _mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
-    if info.world_size > 1:
-        x = x.clone()
-        torch.distributed.all_reduce(x)
-        x /= info.world_size
-    return float(x.item())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -290,16 +279,7 @@ def config_from_args(argv: list[str] | None = None) -> PretrainConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    cfg = config_from_args(argv)
-    try:
-        return train(cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        log.error("%s", e)
-        raise SystemExit(2) from e
-    finally:
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+    return cli_main(train, config_from_args(argv))
 
 
 if __name__ == "__main__":

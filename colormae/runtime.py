@@ -45,6 +45,43 @@ def init_distributed(device: str) -> DistInfo:
     return info
 
 
+def setup_device(device: str) -> tuple[DistInfo, torch.device]:
+    """Join torchrun's process group (if any) and pick this process's device."""
+    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    info = init_distributed("cuda" if wants_cuda else "cpu")
+    return info, resolve_device(device, info)
+
+
+def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around ``model`` under torchrun; the model itself otherwise."""
+    if info.world_size == 1:
+        return model
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
+    """A scalar tensor averaged over all processes (the loss every rank logs)."""
+    if info.world_size > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= info.world_size
+    return float(x.item())
+
+
+def cli_main(run, config) -> dict:
+    """What every engine's ``main`` does: log to stderr, turn expected errors into a clean exit
+    (message, status 2) and always leave the process group."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return run(config)
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
+        log.error("%s", e)
+        raise SystemExit(2) from e
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def resolve_device(device: str, info: DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
