@@ -42,14 +42,13 @@ from timm.data import Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import Lars, create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from tqdm import tqdm
 
 from . import data as data_lib
 from .model import MAEConfig, MaskedAutoencoder, export_encoder, timm_vit_from_export
 from .pretrain import AMP_MODES, _autocast, _loss_scaler
 from .runtime import (DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, cli_main,
-                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, rng_state,
-                      set_rng_state, setup_device, wrap_ddp, write_json)
+                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, progress,
+                      rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("finetune", "linprobe", "knn")
@@ -144,7 +143,7 @@ def extract_features(export: dict, dataset, *, batch_size: int = 256, device: st
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          pin_memory=device.type == "cuda")
     feats, labels = [], []
-    for imgs, target in tqdm(loader, desc=desc, mininterval=2, leave=False):
+    for imgs, target in progress(loader, desc=desc, leave=False):
         with _autocast(amp, device):
             tokens = model.forward_features(imgs.to(device, non_blocking=True))  # [B, 1 + L, D], normed
         n_prefix = model.num_prefix_tokens
@@ -527,7 +526,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                         num_workers=cfg.num_workers)
 
     timer, images_seen, last_loss, stop = Timer(), 0, float("nan"), False
-    bar = tqdm(total=total_steps, initial=step, disable=not info.is_main, desc="finetune", mininterval=2)
+    bar = progress(total=total_steps, initial=step, disable=not info.is_main, desc="finetune")
     while epoch < cfg.epochs and not stop:
         sampler.set_epoch(epoch, batch_in_epoch)
         model.train()

@@ -20,14 +20,13 @@ from pathlib import Path
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from tqdm import tqdm
 
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
 from .model import MaskedAutoencoder, export_encoder, get_config
 from .runtime import (GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, cli_main,
-                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, rng_state,
-                      set_rng_state, setup_device, wrap_ddp, write_json)
+                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, progress,
+                      rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 AMP_MODES = ("bf16", "fp16", "none")
@@ -174,7 +173,7 @@ def train(cfg: PretrainConfig) -> dict:
                                "config": asdict(cfg), "mae_config": asdict(mcfg)}, out / name)
 
     timer, images_seen, last_loss, stop = Timer(), 0, float("nan"), False
-    bar = tqdm(total=total_steps, initial=step, disable=not info.is_main, desc="pretrain", mininterval=2)
+    bar = progress(total=total_steps, initial=step, disable=not info.is_main, desc="pretrain")
     local = cfg.batch_size
     while epoch < cfg.epochs and not stop:
         masker = masker_for_epoch(maskers, epoch)

@@ -283,6 +283,14 @@ def write_json(obj: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def progress(iterable=None, **kwargs):
+    """tqdm bar refreshed every ``$COLORMAE_PROGRESS_SECONDS`` seconds (default 2): notebooks set a
+    long interval so their saved outputs hold a few progress lines, not hundreds."""
+    from tqdm import tqdm
+    kwargs.setdefault("mininterval", float(os.environ.get("COLORMAE_PROGRESS_SECONDS", "2")))
+    return tqdm(iterable, **kwargs)
+
+
 class Timer:
     def __init__(self):
         self.start = time.perf_counter()
