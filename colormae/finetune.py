@@ -555,7 +555,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
                 rate = images_seen / timer.elapsed
                 metrics.write({"step": step, "epoch": epoch + batch_in_epoch / steps_per_epoch, "loss": last_loss,
                                "lr": max(g["lr"] for g in optimizer.param_groups), "img_per_s": rate})
-                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             if cfg.max_steps is not None and cfg.max_steps <= step < total_steps:  # at the end: finish normally
                 stop = True
                 break

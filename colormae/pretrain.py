@@ -209,7 +209,7 @@ def train(cfg: PretrainConfig) -> dict:
                 rate = images_seen / timer.elapsed
                 metrics.write({"step": step, "epoch": epoch + batch_in_epoch / batches_per_epoch, "loss": last_loss,
                                "lr": optimizer.param_groups[0]["lr"], "img_per_s": rate, "mask": masker.kind})
-                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{last_loss:.4f}", img_s=f"{rate:.0f}", refresh=False)
             if cfg.max_steps is not None and step >= cfg.max_steps:
                 stop = True
                 break
