@@ -16,19 +16,37 @@ NOTEBOOKS = ROOT / "notebooks"
 # added by the test so nothing lands in the repository.
 TINY: dict[str, dict] = {
     "00_color_noise.ipynb": {},
+    "01_pretrain.ipynb": {"preset": "mae_vit_micro_patch4_32", "dataset_length": 128, "epochs": 1,
+                          "batch_size": 32, "n_show": 4},
+    "02_finetune.ipynb": {"pretrain_params": {"preset": "mae_vit_micro_patch4_32", "epochs": 1,
+                                              "dataset_length": 64, "batch_size": 32},
+                          "epochs": 1, "batch_size": 16, "train_length": 64, "test_length": 32,
+                          "encoder": "{tmp}/encoder_run"},
 }
+# the parameter that says where a notebook writes (pointed into tmp_path by the test)
+OUTPUT_PARAM = {"00_color_noise.ipynb": "out_dir", "03_table1_cifar10.ipynb": "fig_dir"}
 
 
-def run_nbval(notebook: str, tmp_path: Path, output_param: str = "out_dir") -> None:
+def run_nbval(notebook: str, tmp_path: Path) -> None:
     src = NOTEBOOKS / notebook
     prepared = tmp_path / notebook
-    params = {**TINY.get(notebook, {}), output_param: str(tmp_path / "out")}
+    params = {**TINY[notebook], OUTPUT_PARAM.get(notebook, "output_dir"): "{tmp}/out"}
+    params = {k: v.format(tmp=tmp_path) if isinstance(v, str) else v for k, v in params.items()}
     papermill.execute_notebook(src, prepared, parameters=params, prepare_only=True, cwd=NOTEBOOKS)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env",
            "--nbval-sanitize-with", str(ROOT / "tests" / "nbval_sanitize.cfg"), str(prepared),
            "-o", "addopts=", "--rootdir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=NOTEBOOKS, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, f"nbval failed for {notebook}:\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+
+
+def test_every_notebook_is_tested_and_parameterized():
+    import json
+    found = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert found == sorted(TINY)
+    for name in found:
+        cells = json.loads((NOTEBOOKS / name).read_text())["cells"]
+        assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in cells), name
 
 
 @pytest.mark.parametrize("notebook", sorted(TINY))
