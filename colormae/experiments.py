@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from .finetune import evaluate_frozen
+from .evaluate import evaluate_frozen
 from .pretrain import PretrainConfig, train
 from .runtime import ROOT, Timer, read_metrics, write_json
 

@@ -24,12 +24,11 @@ from timm.scheduler import CosineLRScheduler
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
 from .model import MaskedAutoencoder, export_encoder, get_config
-from .runtime import (GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, cli_main,
-                      environment_info, load_checkpoint, mean_across_ranks, peak_memory_bytes, progress,
-                      rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
+from .runtime import (AMP_MODES, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, autocast,
+                      cli_main, environment_info, grad_scaler, load_checkpoint, mean_across_ranks, peak_memory_bytes,
+                      progress, rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
-AMP_MODES = ("bf16", "fp16", "none")
 
 
 @dataclass
@@ -102,16 +101,6 @@ def validate(cfg: PretrainConfig) -> None:
     parse_mask_schedule(cfg.mask)
 
 
-def _loss_scaler(amp: str, device: torch.device):
-    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
-
-
-def _autocast(amp: str, device: torch.device):
-    enabled = amp in ("bf16", "fp16")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype, enabled=enabled)
-
-
 def train(cfg: PretrainConfig) -> dict:
     """Pretrain; returns (and writes) the run summary."""
     validate(cfg)
@@ -142,7 +131,7 @@ def train(cfg: PretrainConfig) -> dict:
     optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.min_lr, warmup_lr_init=0.0,
                                   warmup_t=int(cfg.warmup_epochs * steps_per_epoch), t_in_epochs=False)
-    scaler = _loss_scaler(cfg.amp, device)
+    scaler = grad_scaler(cfg.amp, device)
     # the same mask seed on every rank: each rank draws the global batch's masks and takes its slice
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
@@ -186,7 +175,7 @@ def train(cfg: PretrainConfig) -> dict:
             boundary = (batch_in_epoch + 1) % cfg.accum_iter == 0
             # DDP decides in forward whether backward all-reduces: skip it on accumulation micro-steps
             no_sync = ddp_model.no_sync() if (ddp_model is not model and not boundary) else contextlib.nullcontext()
-            with no_sync, _autocast(cfg.amp, device):
+            with no_sync, autocast(cfg.amp, device):
                 loss, _, _ = ddp_model(imgs, (mask[sl], ids_keep[sl], ids_restore[sl]))
             if not math.isfinite(loss.item()):
                 bar.close()

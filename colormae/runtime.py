@@ -96,6 +96,22 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
     return torch.device(device)
 
 
+# -- mixed precision -------------------------------------------------------------------------
+
+AMP_MODES = ("bf16", "fp16", "none")
+
+
+def autocast(amp: str, device: torch.device):
+    """bf16 / fp16 autocast on ``device`` (CPU or CUDA), or a no-op for "none"."""
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device.type, dtype=dtype, enabled=amp in ("bf16", "fp16"))
+
+
+def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 only (bf16 has fp32's range); disabled scalers are pass-throughs."""
+    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+
+
 # -- seeded data order --------------------------------------------------------------------------
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
