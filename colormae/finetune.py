@@ -38,9 +38,10 @@ from . import data as data_lib
 from .evaluate import (POOLS, _topk_correct, check_compatible, evaluate_frozen, extract_features, frozen_datasets,
                        knn_classify, linear_probe, load_encoder)
 from .model import timm_vit_from_export
-from .runtime import (AMP_MODES, DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save,
-                      autocast, cli_main, environment_info, grad_scaler, load_checkpoint, mean_across_ranks,
-                      peak_memory_bytes, progress, rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
+from .runtime import (AMP_MODES, DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, add_engine_args,
+                      atomic_torch_save, autocast, cli_main, environment_info, grad_scaler, load_checkpoint,
+                      mean_across_ranks, peak_memory_bytes, progress, rng_state, set_rng_state, setup_device,
+                      wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("finetune", "linprobe", "knn")
@@ -408,15 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn-k", type=int, default=d.knn_k)
     p.add_argument("--knn-temperature", type=float, default=d.knn_temperature)
     p.add_argument("--linprobe-optimizer", default=d.linprobe_optimizer, choices=("sgd", "lars"))
-    p.add_argument("--amp", default=d.amp, help=f"one of {AMP_MODES}")
-    p.add_argument("--output-dir", default=d.output_dir)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--resume", default=d.resume, help="checkpoint path, or 'auto'")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    add_engine_args(p, d)
     return p
 
 

@@ -24,9 +24,10 @@ from timm.scheduler import CosineLRScheduler
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
 from .model import MaskedAutoencoder, export_encoder, get_config
-from .runtime import (AMP_MODES, GlobalBatchSampler, MetricLog, SeededSamples, Timer, atomic_torch_save, autocast,
-                      cli_main, environment_info, grad_scaler, load_checkpoint, mean_across_ranks, peak_memory_bytes,
-                      progress, rng_state, set_rng_state, setup_device, wrap_ddp, write_json)
+from .runtime import (AMP_MODES, GlobalBatchSampler, MetricLog, SeededSamples, Timer, add_engine_args,
+                      atomic_torch_save, autocast, cli_main, environment_info, grad_scaler, load_checkpoint,
+                      mean_across_ranks, peak_memory_bytes, progress, rng_state, set_rng_state, setup_device,
+                      wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -248,16 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=d.weight_decay)
     p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs)
     p.add_argument("--norm-pix-loss", action="store_true")
-    p.add_argument("--amp", default=d.amp, help=f"one of {AMP_MODES}")
-    p.add_argument("--output-dir", default=d.output_dir)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--resume", default=d.resume, help="checkpoint path, or 'auto'")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--save-every", type=int, default=d.save_every)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--skip-corrupt", action="store_true")
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--save-every", type=int, default=d.save_every, help="epochs between numbered checkpoints")
+    add_engine_args(p, d)
     return p
 
 

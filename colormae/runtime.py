@@ -68,6 +68,20 @@ def mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
     return float(x.item())
 
 
+def add_engine_args(parser, defaults) -> None:
+    """The flags every engine shares (run bookkeeping), with ``defaults`` from its config dataclass."""
+    d = defaults
+    parser.add_argument("--amp", default=d.amp, help=f"one of {AMP_MODES}")
+    parser.add_argument("--output-dir", default=d.output_dir)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--resume", default=d.resume, help="checkpoint path, or 'auto' (<output-dir>/checkpoint-last.pth)")
+    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
+    parser.add_argument("--num-workers", type=int, default=d.num_workers)
+    parser.add_argument("--skip-corrupt", action="store_true", help="skip (and count) unreadable images")
+    parser.add_argument("--log-every", type=int, default=d.log_every)
+
+
 def cli_main(run, config) -> dict:
     """What every engine's ``main`` does: log to stderr, turn expected errors into a clean exit
     (message, status 2) and always leave the process group."""
