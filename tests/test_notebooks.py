@@ -22,6 +22,8 @@ TINY: dict[str, dict] = {
                                               "dataset_length": 64, "batch_size": 32},
                           "epochs": 1, "batch_size": 16, "train_length": 64, "test_length": 32,
                           "encoder": "{tmp}/encoder_run"},
+    # renders the committed grid results (seconds); nbval runs the kernel beside the prepared copy
+    "03_table1_cifar10.ipynb": {"grid_dir": str(ROOT / "results" / "cifar10_minirepro")},
 }
 # the parameter that says where a notebook writes (pointed into tmp_path by the test)
 OUTPUT_PARAM = {"00_color_noise.ipynb": "out_dir", "03_table1_cifar10.ipynb": "fig_dir"}
