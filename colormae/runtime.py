@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def project_path(path: str | os.PathLike) -> Path:
+    """Relative paths are taken from the repository root, so a notebook writes to the same place
+    whether papermill runs it from the root (``papermill notebooks/01_pretrain.ipynb out.ipynb``) or
+    JupyterLab runs it from ``notebooks/``. Absolute paths are kept."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path
+
+
 # -- distributed ------------------------------------------------------------------------------
 
 @dataclass

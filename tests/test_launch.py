@@ -23,3 +23,10 @@ def test_run_engine_in_process(tmp_path):
     summary = run_engine("pretrain", {"preset": "mae_vit_micro_patch4_32", "dataset_length": 32, "batch_size": 16,
                                       "epochs": 1, "amp": "none", "output_dir": str(tmp_path)})
     assert summary["steps"] == 2 and (tmp_path / "summary.json").exists()
+
+
+def test_project_path_is_relative_to_the_repository_root(tmp_path):
+    from colormae.runtime import ROOT, project_path
+    assert project_path("results/x") == ROOT / "results" / "x"
+    assert project_path(tmp_path) == tmp_path
+    assert (ROOT / "colormae" / "runtime.py").exists()
