@@ -23,7 +23,7 @@ from timm.optim import Lars
 from timm.scheduler import CosineLRScheduler
 
 from . import data as data_lib
-from .model import MAEConfig, MaskedAutoencoder, export_encoder, timm_vit_from_export
+from .model import export_encoder, mae_from_checkpoint, timm_vit_from_export
 from .runtime import AMP_MODES, Timer, autocast, load_checkpoint, progress
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,7 @@ def load_encoder(path: str | Path) -> dict:
     if _is_export(obj):
         return obj
     if "model" in obj and "mae_config" in obj:
-        model = MaskedAutoencoder(MAEConfig(**obj["mae_config"]))
-        model.load_state_dict(obj["model"])
-        return export_encoder(model)
+        return export_encoder(mae_from_checkpoint(obj))
     raise ValueError(f"{path} is neither an encoder export (keys state_dict, timm_name, timm_kwargs) nor a "
                      f"pretraining checkpoint (keys model, mae_config); it has keys {sorted(obj)[:10]}")
 

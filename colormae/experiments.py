@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .evaluate import evaluate_frozen
-from .pretrain import PretrainConfig, train
+from .pretrain import PretrainConfig, train, validate
 from .runtime import ROOT, Timer, read_metrics, write_json
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,6 @@ def main(argv: list[str] | None = None) -> Path:
     if args.eval_length is not None:
         spec.evaluate = {**spec.evaluate, "train_length": args.eval_length, "test_length": args.eval_length}
     # fail fast on a bad grid: every run's config is validated before the first one starts
-    from .pretrain import validate
     for mask in spec.masks:
         validate(PretrainConfig(**{**spec.pretrain, "mask": mask}))
     path = run_grid(spec, args.device)

@@ -38,10 +38,10 @@ from . import data as data_lib
 from .evaluate import (POOLS, _topk_correct, check_compatible, evaluate_frozen, extract_features, frozen_datasets,
                        knn_classify, linear_probe, load_encoder)
 from .model import timm_vit_from_export
-from .runtime import (AMP_MODES, DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer, add_engine_args,
-                      atomic_torch_save, autocast, cli_main, environment_info, grad_scaler, load_checkpoint,
-                      mean_across_ranks, peak_memory_bytes, progress, rng_state, set_rng_state, setup_device,
-                      wrap_ddp, write_json)
+from .runtime import (AMP_MODES, TRAINING_STATE_KEYS, DistInfo, GlobalBatchSampler, MetricLog, SeededSamples, Timer,
+                      add_engine_args, atomic_torch_save, autocast, cli_main, environment_info, grad_scaler,
+                      load_checkpoint, mean_across_ranks, peak_memory_bytes, progress, restore_training_state,
+                      resume_path, setup_device, training_state, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("finetune", "linprobe", "knn")
@@ -231,37 +231,26 @@ def finetune(cfg: FinetuneConfig) -> dict:
                  LabelSmoothingCrossEntropy(cfg.smoothing) if cfg.smoothing > 0 else nn.CrossEntropyLoss())
 
     step, epoch, batch_in_epoch, evals = 0, 0, 0, []
-    resume = str(out / "checkpoint-last.pth") if cfg.resume == "auto" else cfg.resume
-    resumed = bool(resume) and (cfg.resume != "auto" or Path(resume).exists())
-    if resumed:
-        ckpt = load_checkpoint(resume, required=("model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch",
-                                                 "rng", "evals", "num_classes"))
+    resume = resume_path(cfg.resume, out)
+    if resume is not None:
+        ckpt = load_checkpoint(resume, required=TRAINING_STATE_KEYS + ("evals", "num_classes"))
         if ckpt["num_classes"] != n_cls:
             raise ValueError(f"checkpoint {resume} has a {ckpt['num_classes']}-class head; {cfg.dataset} has {n_cls}")
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as e:
-            raise ValueError(f"checkpoint {resume} does not fit this encoder's model: {e}") from e
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, batch_in_epoch, evals = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["evals"]
-        set_rng_state(ckpt["rng"])
+        step, epoch, batch_in_epoch = restore_training_state(ckpt, resume, model, optimizer, scaler)
+        evals = ckpt["evals"]
         scheduler.step_update(num_updates=step)
-        log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
     ddp_model = wrap_ddp(model, info, device)
 
-    metrics = MetricLog(out, info.is_main, resume_step=step if resumed else None)
+    metrics = MetricLog(out, info.is_main, resume_step=step if resume is not None else None)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(asdict(cfg), out / "config.json")
 
     def save(name: str) -> None:
         if info.is_main:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "step": step, "epoch": epoch,
-                               "batch_in_epoch": batch_in_epoch, "rng": rng_state(), "evals": evals,
-                               "num_classes": n_cls, "config": asdict(cfg), "timm_name": export["timm_name"],
-                               "timm_kwargs": export["timm_kwargs"]}, out / name)
+            atomic_torch_save(training_state(model, optimizer, scaler, step, epoch, batch_in_epoch, evals=evals,
+                                             num_classes=n_cls, config=asdict(cfg), timm_name=export["timm_name"],
+                                             timm_kwargs=export["timm_kwargs"]), out / name)
 
     def run_eval() -> dict:
         return evaluate(model, test_set, batch_size=cfg.batch_size, device=device, amp=cfg.amp, info=info,

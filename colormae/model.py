@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import partial
+from pathlib import Path
 
 import timm
 import torch
@@ -15,6 +16,7 @@ from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 
 from .masking import masks_from_scores
+from .runtime import load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -225,18 +227,19 @@ def timm_vit_from_export(export: dict, num_classes: int, *, global_pool: str = "
 
 # -- loading and looking -------------------------------------------------------------------
 
+def mae_from_checkpoint(ckpt: dict) -> MaskedAutoencoder:
+    """The MAE of a pretraining checkpoint dict (keys ``mae_config`` and ``model``)."""
+    model = MaskedAutoencoder(MAEConfig(**ckpt["mae_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model
+
+
 def load_mae(path) -> MaskedAutoencoder:
     """A pretrained MAE from a run directory (its checkpoint-last.pth) or a checkpoint file, in eval mode."""
-    from pathlib import Path
-
-    from .runtime import load_checkpoint
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint-last.pth"
-    ckpt = load_checkpoint(path, required=("model", "mae_config"))
-    model = MaskedAutoencoder(MAEConfig(**ckpt["mae_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    return mae_from_checkpoint(load_checkpoint(path, required=("model", "mae_config"))).eval()
 
 
 @torch.no_grad()

@@ -24,10 +24,10 @@ from timm.scheduler import CosineLRScheduler
 from . import data as data_lib
 from .masking import KINDS, Masker, make_masker
 from .model import MaskedAutoencoder, export_encoder, get_config
-from .runtime import (AMP_MODES, GlobalBatchSampler, MetricLog, SeededSamples, Timer, add_engine_args,
-                      atomic_torch_save, autocast, cli_main, environment_info, grad_scaler, load_checkpoint,
-                      mean_across_ranks, peak_memory_bytes, progress, rng_state, set_rng_state, setup_device,
-                      wrap_ddp, write_json)
+from .runtime import (AMP_MODES, TRAINING_STATE_KEYS, GlobalBatchSampler, MetricLog, SeededSamples, Timer,
+                      add_engine_args, atomic_torch_save, autocast, cli_main, environment_info, grad_scaler,
+                      load_checkpoint, mean_across_ranks, peak_memory_bytes, progress, restore_training_state,
+                      resume_path, setup_device, training_state, wrap_ddp, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -137,30 +137,23 @@ def train(cfg: PretrainConfig) -> dict:
     mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
     step, epoch, batch_in_epoch = 0, 0, 0
-    resume = str(out / "checkpoint-last.pth") if cfg.resume == "auto" else cfg.resume
-    if resume and (cfg.resume != "auto" or Path(resume).exists()):
-        ckpt = load_checkpoint(resume, required=("model", "optimizer", "step", "epoch", "rng", "config"))
+    resume = resume_path(cfg.resume, out)
+    if resume is not None:
+        ckpt = load_checkpoint(resume, required=TRAINING_STATE_KEYS + ("config",))
         if ckpt["config"]["preset"] != cfg.preset:
             raise ValueError(f"checkpoint {resume} is preset {ckpt['config']['preset']!r}, not {cfg.preset!r}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
-        step, epoch, batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-        set_rng_state(ckpt["rng"], mask_gen)
-        log.info("resumed from %s at epoch %d, step %d", resume, epoch, step)
+        step, epoch, batch_in_epoch = restore_training_state(ckpt, resume, model, optimizer, scaler, mask_gen)
     ddp_model = wrap_ddp(model, info, device)
 
-    metrics = MetricLog(out, info.is_main, resume_step=step if resume else None)
+    metrics = MetricLog(out, info.is_main, resume_step=step if resume is not None else None)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         write_json(asdict(cfg), out / "config.json")
 
     def save(name: str) -> None:
         if info.is_main:
-            atomic_torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                               "scaler": scaler.state_dict(), "step": step, "epoch": epoch,
-                               "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_gen),
-                               "config": asdict(cfg), "mae_config": asdict(mcfg)}, out / name)
+            atomic_torch_save(training_state(model, optimizer, scaler, step, epoch, batch_in_epoch, mask_gen,
+                                             config=asdict(cfg), mae_config=asdict(mcfg)), out / name)
 
     timer, images_seen, last_loss, stop = Timer(), 0, float("nan"), False
     bar = progress(total=total_steps, initial=step, disable=not info.is_main, desc="pretrain")

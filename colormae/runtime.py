@@ -221,6 +221,41 @@ def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model
     return ckpt
 
 
+def resume_path(resume: str | None, out_dir: Path) -> Path | None:
+    """What ``--resume`` points at: a checkpoint path, or "auto" = ``out_dir/checkpoint-last.pth``
+    when that exists. None means a fresh run."""
+    if resume == "auto":
+        last = Path(out_dir) / "checkpoint-last.pth"
+        return last if last.exists() else None
+    return Path(resume) if resume else None
+
+
+TRAINING_STATE_KEYS = ("model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "rng")
+
+
+def training_state(model, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int,
+                   mask_generator: torch.Generator | None = None, **extra) -> dict:
+    """Everything an exact resume needs (weights, optimizer, loss scaler, position, every RNG),
+    plus the engine's own ``extra`` entries (config, ...)."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_generator),
+            **extra}
+
+
+def restore_training_state(ckpt: dict, path, model, optimizer, scaler,
+                           mask_generator: torch.Generator | None = None) -> tuple[int, int, int]:
+    """Load a ``training_state`` into the live objects; returns (step, epoch, batch_in_epoch)."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ValueError(f"checkpoint {path} does not fit this model: {e}") from e
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"], mask_generator)
+    log.info("resumed from %s at epoch %d, step %d", path, ckpt["epoch"], ckpt["step"])
+    return ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+
+
 def rng_state(mask_generator: torch.Generator | None = None) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -2,11 +2,6 @@
 (timm loading, augmentation at small sizes, exact resume, DDP), clear errors."""
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,9 +13,9 @@ from colormae.finetune import (FinetuneConfig, build_finetune_model, evaluate_fr
 from colormae.model import export_encoder, mae_model
 from colormae.pretrain import PretrainConfig, train
 from colormae.runtime import load_checkpoint, read_metrics
+from conftest import run_one_and_two_processes
 
 MICRO = "mae_vit_micro_patch4_32"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -262,24 +257,14 @@ def test_resume_with_another_head_is_refused(run_dir, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(run_dir, tmp_path):
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not on PATH")
     # no mixup / drop path: those draw per rank, so only the per-sample augmentation is shared
-    common = ["-m", "colormae.finetune", "--encoder", str(run_dir), "--train-length", "64", "--test-length", "16",
-              "--epochs", "1", "--amp", "none", "--device", "cpu", "--log-every", "1", "--mixup", "0",
-              "--cutmix", "0", "--drop-path", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", *common, "--batch-size", "8",
-                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    r1, r2 = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    cli = ["-m", "colormae.finetune", "--encoder", str(run_dir), "--train-length", "64", "--test-length", "16",
+           "--epochs", "1", "--amp", "none", "--log-every", "1", "--mixup", "0", "--cutmix", "0", "--drop-path", "0"]
+    one, two = run_one_and_two_processes(cli, tmp_path, global_batch=16)
+    r1, r2 = read_metrics(one), read_metrics(two)
     assert len(r1) == len(r2) == 5  # 4 steps + 1 evaluation
     for a, b in zip(r1, r2):
         for k in ("loss", "test_top1", "test_loss"):
             if k in a:
                 assert abs(a[k] - b[k]) <= 1e-4 * abs(a[k]) + 1e-6, (r1, r2)
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2

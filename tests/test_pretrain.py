@@ -1,10 +1,5 @@
 """Pretraining engine: determinism, exact resume, DDP (gloo) agreement, clear errors."""
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +7,7 @@ import torch
 from colormae.model import MaskedAutoencoder
 from colormae.pretrain import PretrainConfig, parse_mask_schedule, train
 from colormae.runtime import load_checkpoint, read_metrics
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_one_and_two_processes
 
 
 def tiny_cfg(out, **kw) -> PretrainConfig:
@@ -113,21 +107,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun is not on PATH")
-    common = ["-m", "colormae.pretrain", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
-              "--dataset-length", "64", "--epochs", "1", "--amp", "none", "--blr", "1e-3", "--log-every", "1",
-              "--device", "cpu", "--warmup-epochs", "0.5"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *common, "--batch-size", "16", "--output-dir", str(tmp_path / "one")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(["torchrun", "--standalone", "--nproc_per_node", "2", *common, "--batch-size", "8",
-                          "--output-dir", str(tmp_path / "two")], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=600)
-    assert two.returncode == 0, two.stderr[-3000:]
-    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    cli = ["-m", "colormae.pretrain", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+           "--dataset-length", "64", "--epochs", "1", "--amp", "none", "--blr", "1e-3", "--log-every", "1",
+           "--warmup-epochs", "0.5"]
+    one, two = run_one_and_two_processes(cli, tmp_path, global_batch=16)
+    l1, l2 = losses(one), losses(two)
     assert len(l1) == len(l2) == 4
-    assert json.loads((tmp_path / "two" / "summary.json").read_text())["world_size"] == 2
+    assert json.loads((two / "summary.json").read_text())["world_size"] == 2
     for a, b in zip(l1, l2):
         assert abs(a - b) <= 1e-4 * abs(a) + 1e-6, (l1, l2)
