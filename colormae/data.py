@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 import numpy as np
+import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
@@ -400,3 +401,12 @@ def num_classes(dataset: Dataset) -> int:
 def skipped_images(dataset: Dataset) -> list[str]:
     """Files skipped as corrupt so far (by all DataLoader workers); [] when nothing can be skipped."""
     return list(getattr(_unwrap(dataset), "skipped_names", []))
+
+
+def sample_images(name: str, root: str | os.PathLike | None, split: str, img_size: int, n: int,
+                  spacing: int = 16) -> torch.Tensor:
+    """``n`` evaluation-transformed images [n, C, H, W], evenly spaced through the split (every
+    ``spacing``-th of an evenly spaced subset): a fixed, varied set for figures."""
+    ds = build_dataset(name, root, split, eval_transform(img_size), labeled=False, img_size=img_size,
+                       length=n * spacing)
+    return torch.stack([ds[i * spacing][0] for i in range(n)])

@@ -226,3 +226,15 @@ def plot_image_rows(rows: dict[str, torch.Tensor], *, title: str | None = None, 
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_reconstructions(models: dict, imgs: torch.Tensor, mask, *, mask_label: str = "visible") -> tuple[Figure, dict]:
+    """Original, visible patches, then one row per model (label -> MaskedAutoencoder) with its
+    reconstruction of the same masked images (visible patches pasted back, MAE's display).
+
+    Returns the figure and each model's masked-patch MSE on these images."""
+    from .model import reconstruct
+    recs = {label: reconstruct(model, imgs, mask) for label, model in models.items()}
+    first = next(iter(recs.values()))
+    rows = {"original": imgs, mask_label: first["masked"], **{label: r["pasted"] for label, r in recs.items()}}
+    return plot_image_rows(rows), {label: float(r["loss"]) for label, r in recs.items()}

@@ -120,3 +120,18 @@ def test_export_loads_into_stock_timm(pool):
     plain = timm.create_model(export["timm_name"], num_classes=0, **export["timm_kwargs"])
     res = plain.load_state_dict(export["state_dict"], strict=False)
     assert not res.missing_keys and not res.unexpected_keys
+
+
+def test_reconstruct_pastes_visible_patches_back_and_figure_reports_mse():
+    from colormae.figures import plot_reconstructions
+    from colormae.model import reconstruct
+    model = tiny_model().eval()
+    imgs = torch.randn(2, 3, 16, 16)
+    masks = make_masker("green", 4, 0.75)(2, generator=torch.Generator().manual_seed(0))
+    r = reconstruct(model, imgs, masks)
+    visible = r["mask"] == 0
+    assert torch.equal(r["pasted"][visible], imgs[visible])  # visible pixels are the input's
+    assert torch.equal(r["masked"][~visible], torch.zeros_like(imgs)[~visible])
+    fig, mse = plot_reconstructions({"a": model}, imgs, masks)
+    assert mse["a"] == pytest.approx(float(r["loss"]))
+    assert len(fig.axes) == 3 * 2  # original, visible, one model; two images
