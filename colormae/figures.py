@@ -175,12 +175,18 @@ def smooth(values: Sequence[float], window: int) -> np.ndarray:
 
 def plot_loss_curves(runs: dict[str, list[dict]], *, x: str = "epoch", window: int = 1,
                      title: str = "Pretraining loss", kinds: dict[str, str] | None = None,
-                     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None) -> Figure:
+                     bands: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None,
+                     ylabel: str = "reconstruction loss (MSE, masked patches)") -> Figure:
     """Loss against ``x`` ("epoch" or "step") for several runs (label -> metrics.jsonl records).
 
     ``kinds`` maps a label to its mask kind so it gets the kind's color (the paper's Fig. 4).
-    ``bands`` maps a label to (x, mean, std) drawn as a shaded mean +- std instead of ``runs``.
+    ``bands`` maps a label to (epochs, mean, std) drawn as a shaded mean +- std instead of ``runs``
+    (``results.loss_bands``: x in epochs, so ``x`` must stay "epoch"); a band from a single run
+    (``band.n == 1``) is drawn as its line only, labelled "(1 run, no band)".
+    ``ylabel`` names the loss: the default is pretraining's; fine-tuning passes e.g. "training loss".
     """
+    if bands and x != "epoch":
+        raise ValueError(f"x={x!r}: loss bands are on epochs (results.loss_bands); use x='epoch'")
     fig = Figure(figsize=(6.0, 4.0))
     ax = fig.subplots()
     for label, records in runs.items():
@@ -188,12 +194,16 @@ def plot_loss_curves(runs: dict[str, list[dict]], *, x: str = "epoch", window: i
         xs = [r[x] for r in records]
         color = KIND_COLORS.get((kinds or {}).get(label, label))
         ax.plot(xs, smooth([r["loss"] for r in records], window), label=label, color=color, lw=1.5)
-    for label, (xs, mean, std) in (bands or {}).items():
+    for label, band in (bands or {}).items():
+        xs, mean, std = band[:3]
         color = KIND_COLORS.get((kinds or {}).get(label, label))
+        if getattr(band, "n", None) == 1:
+            ax.plot(xs, mean, label=f"{label} (1 run, no band)", color=color, lw=1.5)
+            continue
         ax.plot(xs, mean, label=label, color=color, lw=1.5)
         ax.fill_between(xs, mean - std, mean + std, color=color, alpha=0.2, lw=0)
     ax.set_xlabel(x)
-    ax.set_ylabel("reconstruction loss (MSE, masked patches)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)

@@ -52,7 +52,11 @@ def load_grid_table(out: str | Path) -> pd.DataFrame:
 
 
 def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1", "final_loss")) -> pd.DataFrame:
-    """Mean, std and run count per mask, in the paper's column order; accuracies stay fractions."""
+    """Mean, std and run count per mask, in the paper's column order; accuracies stay fractions.
+
+    ``std`` is the sample standard deviation over seeds (ddof=1, as for every std here); a mask with
+    one run has std NaN (undefined), which ``format_mean_std`` shows as "(n=1)" without a ± part.
+    """
     g = table.groupby("mask")[list(metrics)]
     out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}, axis=1)
     out.columns = [f"{m}_{stat}" for stat, m in out.columns]
@@ -61,24 +65,61 @@ def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1",
 
 
 def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, digits: int = 2) -> pd.Series:
-    """'mean ± std (n)' strings, accuracies shown in % by default."""
+    """'mean ± std (n=k)' strings (std with ddof=1), accuracies shown in % by default; one run: 'mean (n=1)'."""
     mean, std, n = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale, summary[f"{metric}_n"]
     return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)"
                       for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
 
 
-def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: int = 10) -> dict[str, tuple]:
-    """Per mask: (epoch grid, mean loss, std loss) over its seeds, each curve smoothed by a trailing
-    mean of ``window`` logged steps and interpolated on a common epoch grid."""
+class Band(tuple):
+    """One mask's loss band: unpacks as ``(epochs, mean, std)`` and carries ``n``, the number of seeds.
+
+    ``std`` is the sample standard deviation across seeds (ddof=1). With one seed it is undefined:
+    ``std`` is then zeros (never NaN) and ``n == 1`` says there is no band to draw.
+    """
+
+    def __new__(cls, epochs: np.ndarray, mean: np.ndarray, std: np.ndarray, n: int):
+        band = super().__new__(cls, (epochs, mean, std))
+        band.n = int(n)
+        return band
+
+    def __getnewargs__(self):
+        return (*self, self.n)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self[0]
+
+
+def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: int = 10) -> dict[str, Band]:
+    """Per mask: ``Band(epochs, mean loss, std loss, n)`` over its seeds (the paper's Fig. 4).
+
+    The x values are **epochs**: each record's ``"epoch"`` field (fractional, as logged), never its
+    ``"step"``. Each run's loss is smoothed by a trailing mean of ``window`` logged records, then
+    interpolated on ``points`` evenly spaced epochs from the earliest first epoch to the earliest
+    last epoch of the mask's runs (the range every run covers at its end). Mean and std (ddof=1) are
+    taken across seeds at each of those epochs; a mask with one seed gets std zeros and ``n == 1``
+    (``figures.plot_loss_curves`` then draws its line without a band and says so in the legend).
+    Records without a ``"loss"`` (evaluation-only records) are ignored.
+    """
     bands = {}
-    for mask in [m for m in MASK_ORDER if m in set(table["mask"])]:
+    for mask in [m for m in MASK_ORDER if m in set(table["mask"])] + \
+            [m for m in dict.fromkeys(table["mask"]) if m not in MASK_ORDER]:
         curves = []
         for seed in table.loc[table["mask"] == mask, "seed"]:
-            recs = read_metrics(Path(out) / "runs" / f"{mask}_seed{seed}")
-            loss = pd.Series([r["loss"] for r in recs]).rolling(window, min_periods=1).mean().to_numpy()
-            curves.append((np.array([r["epoch"] for r in recs]), loss))
+            run = Path(out) / "runs" / f"{mask}_seed{seed}"
+            recs = [r for r in read_metrics(run) if "loss" in r]
+            if not recs:
+                raise ValueError(f"{run}/metrics.jsonl has no loss records")
+            if any("epoch" not in r for r in recs):
+                raise ValueError(f"{run}/metrics.jsonl: loss records without an 'epoch' field (Fig. 4 is per epoch)")
+            epochs = np.array([r["epoch"] for r in recs], dtype=float)
+            loss = pd.Series([r["loss"] for r in recs], dtype=float).rolling(window, min_periods=1).mean().to_numpy()
+            curves.append((epochs, loss))
         end = min(c[0][-1] for c in curves)
         xs = np.linspace(min(c[0][0] for c in curves), end, points)
         ys = np.stack([np.interp(xs, x, y) for x, y in curves])
-        bands[mask] = (xs, ys.mean(0), ys.std(0))
+        n = len(curves)
+        std = ys.std(0, ddof=1) if n > 1 else np.zeros_like(xs)
+        bands[mask] = Band(xs, ys.mean(0), std, n)
     return bands
