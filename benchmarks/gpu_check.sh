@@ -1,29 +1,155 @@
 #!/usr/bin/env bash
-# One prepared check for a CUDA machine; finishes in ~5 minutes on one H100.
-#   bash benchmarks/gpu_check.sh            (from the repository root, package installed)
-# 1. masks generated on CUDA are bit-identical to CPU ones (same CPU generator seed), all kinds;
+# One prepared check for a CUDA machine: at most 5 minutes of steps (GPU_CHECK_BUDGET_S=300), each
+# under its own timeout, clipped to what is left of the budget.
+#   bash benchmarks/gpu_check.sh [OUTPUT_DIR]      (package installed; runs from the repository root)
+# Without CUDA it stops at once with one line (exit status 2). Otherwise every step writes its log to
+# OUTPUT_DIR (default results/gpu_check/<UTC timestamp>/ in the repository), prints its tail and
+# PASS or FAIL; a table of the steps ends the run (also OUTPUT_DIR/summary.txt); the exit status is
+# the number of failed steps (a step the budget left no time for counts as failed).
+# 1. masks generated on CUDA are bit-identical to CPU ones (same CPU generator seed), all kinds
+#    (pytest -k cuda: at least one test must pass and none may be skipped);
 # 2. mask throughput on CUDA for every kind/source;
 # 3. ViT-B/16 224-px pretraining steps at batch 128 in bf16 for random and every color:
 #    images/s, peak memory, color/random ratio, model FLOP utilization;
-# 4. a short real run of the pretraining CLI on CUDA (bf16, embedded data) to see the engine work.
+# 4. a short real run of the pretraining CLI on CUDA (bf16, embedded data, 20 steps) and its summary.json;
+# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (only where benchmarks/pipeline.py exists).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
-out=${OUT:-/tmp/gpu_check}; mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee "$out/nvidia_smi.txt"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+PY=${PYTHON:-python}
+BUDGET=${GPU_CHECK_BUDGET_S:-300}
 
-echo "== 1. CUDA masks == CPU masks"
-timeout 120 python -m pytest -q -p no:cacheprovider -o addopts= tests/test_masking.py -k cuda 2>&1 | tail -3
+# CUDA first: one line and a non-zero status when there is none (stderr of the probe is dropped so
+# that no warning or traceback reaches the terminal).
+reason=$("$PY" - 2>/dev/null <<'EOF'
+try:
+    import torch
+except Exception as e:  # noqa: BLE001
+    print(f"torch does not import ({type(e).__name__}: {e})")
+    raise SystemExit(1)
+if not torch.cuda.is_available():
+    print(f"CUDA is not available (torch {torch.__version__}, torch.cuda.is_available() is False)")
+    raise SystemExit(1)
+EOF
+)
+probe=$?
+if [ "$probe" -ne 0 ]; then
+  echo "gpu_check: ${reason:-$PY could not check for CUDA (exit status $probe)}; nothing was run: run this on a machine with an NVIDIA GPU." >&2
+  exit 2
+fi
 
-echo "== 2. mask throughput on CUDA"
-timeout 90 python benchmarks/masking.py --device cuda 2>&1 | tee "$out/masking_cuda.txt"
+out=${1:-results/gpu_check/$(date -u +%Y%m%dT%H%M%SZ)}
+mkdir -p "$out" && out=$(cd "$out" && pwd) || exit 2
+echo "gpu_check: writing to $out/"
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  echo "git $(git rev-parse --short HEAD 2>/dev/null)$(git diff --quiet 2>/dev/null || echo ' (uncommitted changes)')"
+} 2>&1 | tee "$out/environment.txt"
 
-echo "== 3. ViT-B/16 pretraining steps, batch 128, bf16"
-timeout 240 python benchmarks/pretrain.py --device cuda --skip-cpu-preset --vit-b-batch 128 --rounds 3 --steps 3 \
-  2>&1 | tee "$out/pretrain_cuda.txt"
+results=()
+failed=0
+start=$SECONDS
 
-echo "== 4. pretraining CLI on CUDA (20 steps)"
-timeout 90 python -m colormae.pretrain --device cuda --preset mae_vit_tiny_patch4_64 --max-steps 20 --epochs 1 \
-  --output-dir "$out/cli_run" --log-every 5 2>&1 | tail -3
-python -c "import json,sys; s=json.load(open('$out/cli_run/summary.json')); print({k: s[k] for k in ('steps','final_loss','images_per_s','peak_memory_bytes')})"
+# record NAME STATUS: one row of the closing table; STATUS starts with PASS, FAIL or NOT RUN
+record() {
+  results+=("$(printf '%-38s %s' "$1" "$2")")
+  echo "-> $2"
+  case $2 in FAIL*) failed=$((failed + 1)) ;; esac
+}
+
+# run NAME LIMIT_S LOG CMD...: runs CMD under timeout (LIMIT_S, clipped to what is left of the budget)
+# with its output in LOG; sets $rc, $took and $timed_out and prints the tail
+run() {
+  local name=$1 limit=$2 log=$3; shift 3
+  local left=$((BUDGET - (SECONDS - start)))
+  [ "$left" -lt "$limit" ] && limit=$left
+  echo
+  if [ "$limit" -lt 10 ]; then
+    echo "== $name: not run, the ${BUDGET}s budget is spent"
+    rc=124 took=0 timed_out=2
+    return
+  fi
+  echo "== $name  (timeout ${limit}s, log $log)"
+  local t0=$SECONDS
+  timeout -k 10 "$limit" "$@" >"$log" 2>&1
+  rc=$?
+  tail -n "${TAIL:-12}" "$log"
+  took=$((SECONDS - t0))
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    timed_out=1
+  else
+    timed_out=0
+  fi
+}
+
+# verdict: FAIL text for a non-zero/timeout status, else empty
+verdict() {
+  if [ "$timed_out" -eq 2 ]; then echo "FAIL (not run: the ${BUDGET}s budget was spent)"
+  elif [ "$timed_out" -eq 1 ]; then echo "FAIL (timed out after ${took}s)"
+  elif [ "$rc" -ne 0 ]; then echo "FAIL (exit status $rc, ${took}s; see log)"
+  fi
+}
+
+# 1. CUDA masks == CPU masks (pytest: all selected tests must pass; any skip is a failure here)
+name="1. CUDA masks == CPU masks"
+log="$out/1_masks_cuda_eq_cpu.txt"
+run "$name" 60 "$log" "$PY" -m pytest -q -rs -p no:cacheprovider -o addopts= tests/test_masking.py -k cuda
+v=$(verdict)
+last=$(grep -E '(passed|failed|skipped|error|no tests ran|deselected)' "$log" | tail -n 1)
+passed=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p; s/^([0-9]+) passed.*/\1/p' <<<"$last" | head -n 1)
+if [ -n "$v" ]; then record "$name" "$v"
+elif [ -z "$passed" ] || [ "$passed" -eq 0 ]; then record "$name" "FAIL (no test passed: $last)"
+elif grep -qE '[0-9]+ skipped' <<<"$last"; then record "$name" "FAIL (some tests were skipped: $last)"
+else record "$name" "PASS ($last)"
+fi
+
+# 2. mask throughput on CUDA
+name="2. mask throughput on CUDA"
+log="$out/2_masking_cuda.txt"
+TAIL=30 run "$name" 60 "$log" "$PY" benchmarks/masking.py --device cuda --repeats 10 --rounds 3
+v=$(verdict)
+record "$name" "${v:-PASS (${took}s)}"
+
+# 3. ViT-B/16 pretraining steps, batch 128, bf16
+name="3. ViT-B/16 steps, batch 128, bf16"
+log="$out/3_pretrain_vitb_cuda.txt"
+TAIL=20 run "$name" 120 "$log" "$PY" benchmarks/pretrain.py --device cuda --skip-cpu-preset --vit-b-batch 128 \
+  --rounds 3 --steps 3
+v=$(verdict)
+if [ -z "$v" ] && ! grep -q "color/random step-time ratio" "$log"; then v="FAIL (no summary line in the log)"; fi
+record "$name" "${v:-PASS (${took}s; $(grep -o 'model FLOP utilization: [0-9.]*%' "$log" || echo 'MFU not printed'))}"
+
+# 4. the pretraining CLI on CUDA, 20 steps, and its summary.json
+name="4. pretraining CLI on CUDA (20 steps)"
+log="$out/4_pretrain_cli_cuda.txt"
+TAIL=6 run "$name" 60 "$log" bash -c '
+  "$0" -m colormae.pretrain --device cuda --preset mae_vit_tiny_patch4_64 --max-steps 20 --epochs 1 \
+    --output-dir "$1" --log-every 5 || exit
+  "$0" - "$1/summary.json" <<EOF
+import json, math, sys
+s = json.load(open(sys.argv[1]))
+print({k: s.get(k) for k in ("steps", "final_loss", "images_per_s", "peak_memory_bytes")})
+ok = s.get("steps") == 20 and isinstance(s.get("final_loss"), float) and math.isfinite(s["final_loss"])
+sys.exit(0 if ok else "summary.json: expected steps == 20 and a finite final_loss")
+EOF' "$PY" "$out/cli_run"
+v=$(verdict)
+record "$name" "${v:-PASS (${took}s)}"
+
+# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (script written separately)
+name="5. data pipeline, CPU vs GPU decode"
+if [ -f benchmarks/pipeline.py ]; then
+  log="$out/5_pipeline_cuda.txt"
+  TAIL=20 run "$name" 60 "$log" "$PY" benchmarks/pipeline.py --device cuda --gpu-decode
+  v=$(verdict)
+  record "$name" "${v:-PASS (${took}s)}"
+else
+  echo
+  echo "== $name"
+  record "$name" "NOT RUN (benchmarks/pipeline.py does not exist in this checkout)"
+fi
+
+{ echo
+  echo "gpu_check summary: $failed failed, $((SECONDS - start))s of steps (budget ${BUDGET}s); logs in $out/"
+  printf '%s\n' "${results[@]}"
+} | tee "$out/summary.txt"
+exit "$failed"

@@ -3,7 +3,8 @@
 Full optimizer steps (mask generation + forward + backward + AdamW) are timed round-robin over the
 mask configurations, several rounds, median per configuration, so machine drift hits all alike.
 The figure of merit is color/random step time (ColorMAE's claim: ~1.00). For the CPU preset it
-also compares bf16 autocast against fp32.
+also compares bf16 autocast against fp32. It ends with one summary line per table, each named after
+the table it describes: mean and range of that table's color/random ratios and its noise floor.
 
     python benchmarks/pretrain.py                       # CPU: CPU preset + ViT-B/16 at batch 4
     python benchmarks/pretrain.py --device cuda --vit-b-batch 128 --rounds 5
@@ -97,7 +98,17 @@ def report(title: str, res: dict, batch: int) -> None:
         print(f"{kind:<8}{source:<8}{t * 1e3:10.1f}{batch / t:10.1f}{t / base:11.3f}{peak_s}")
 
 
-def main() -> None:
+def summary_line(title: str, res: dict) -> str:
+    """One closing line for the table ``title``: its color/random step-time ratios (mean, range over
+    the 8 color rows) and its noise floor (the control row, random again / random)."""
+    base = res["med"][("random", "online")]
+    ratios = [t / base for (kind, _), t in res["med"].items() if kind != "random"]
+    return (f"{title}: color/random step-time ratio mean {statistics.mean(ratios):.3f}, range "
+            f"{min(ratios):.3f}-{max(ratios):.3f} (target <= 1.01); noise floor (random again / random) "
+            f"{res['med'][('random', 'again')] / base:.3f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cpu-preset", default="mae_vit_tiny_patch4_32")
@@ -105,25 +116,36 @@ def main() -> None:
     p.add_argument("--vit-b-batch", type=int, default=4)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=2, help="steps per timing")
-    p.add_argument("--skip-vit-b", action="store_true")
-    p.add_argument("--skip-cpu-preset", action="store_true")
+    p.add_argument("--skip-vit-b", action="store_true", help="do not time ViT-B/16")
+    p.add_argument("--skip-cpu-preset", action="store_true", help="do not time --cpu-preset (bf16 and fp32)")
     p.add_argument("--peak-tflops", type=float, default=None,
                    help="dense bf16 peak of the device for model FLOP utilization (default: known GPUs)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.skip_vit_b and args.skip_cpu_preset:
+        p.error("--skip-vit-b and --skip-cpu-preset together leave nothing to run; drop one of them")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = torch.device(args.device)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
 
+    tables = []  # (title, result) of every mask table printed, for the closing summary
     if not args.skip_cpu_preset:
         res = bench(args.cpu_preset, args.cpu_batch, device, args.rounds, args.steps, amp=True)
-        report(f"{args.cpu_preset}, bf16 autocast", res, args.cpu_batch)
+        report(title := f"{args.cpu_preset}, bf16 autocast", res, args.cpu_batch)
+        tables.append((title, res))
         fp32 = bench(args.cpu_preset, args.cpu_batch, device, args.rounds, args.steps, amp=False)
-        report(f"{args.cpu_preset}, fp32", fp32, args.cpu_batch)
+        report(title := f"{args.cpu_preset}, fp32", fp32, args.cpu_batch)
+        tables.append((title, fp32))
         r_bf16, r_fp32 = res["med"][("random", "online")], fp32["med"][("random", "online")]
         print(f"\nbf16 autocast vs fp32 ({args.cpu_preset}, random): {args.cpu_batch / r_bf16:.1f} vs "
               f"{args.cpu_batch / r_fp32:.1f} img/s -> speed-up x{r_fp32 / r_bf16:.2f}")
     if not args.skip_vit_b:
         res = bench("mae_vit_base_patch16", args.vit_b_batch, device, args.rounds, args.steps, amp=True)
-        report("mae_vit_base_patch16 (ViT-B/16, 224 px), bf16 autocast", res, args.vit_b_batch)
+        report(title := "mae_vit_base_patch16 (ViT-B/16, 224 px), bf16 autocast", res, args.vit_b_batch)
+        tables.append((title, res))
         flops = step_flops("mae_vit_base_patch16", args.vit_b_batch, device)
         t = res["med"][("random", "online")]
         print(f"ViT-B/16 training step: {flops / 1e12:.2f} TFLOP (torch.utils.flop_counter), "
@@ -131,11 +153,9 @@ def main() -> None:
         peak = args.peak_tflops or known_peak_tflops(device)
         if peak:
             print(f"model FLOP utilization: {flops / t / 1e12 / peak:.1%} of {peak:.0f} TFLOP/s bf16 dense")
-    base = res["med"][("random", "online")]
-    ratios = [t / base for (kind, _), t in res["med"].items() if kind != "random"]
-    print(f"\nlast table: color/random step-time ratio mean {statistics.mean(ratios):.3f}, range "
-          f"{min(ratios):.3f}-{max(ratios):.3f} (target <= 1.01); noise floor (random again / random): "
-          f"{res['med'][('random', 'again')] / base:.3f}")
+    print("\nsummary, one line per table above:")
+    for title, res in tables:
+        print("  " + summary_line(title, res))
 
 
 if __name__ == "__main__":

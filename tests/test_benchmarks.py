@@ -1,0 +1,91 @@
+"""The benchmark scripts' command lines (nothing heavy is timed here)."""
+import importlib.util
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench_pretrain():
+    return load_script("pretrain")
+
+
+def test_pretrain_benchmark_nothing_to_run_is_an_argparse_error(bench_pretrain, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench_pretrain.main(["--device", "cpu", "--skip-vit-b", "--skip-cpu-preset"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "nothing to run" in err and "Traceback" not in err
+    args = bench_pretrain.parse_args(["--device", "cpu", "--skip-vit-b"])  # one skip flag alone is fine
+    assert args.skip_vit_b and not args.skip_cpu_preset
+
+
+def fake_res(base, colors, again):
+    """A bench() result: median step times of random, the 8 color rows, and random again."""
+    med = {("random", "online"): base}
+    med.update(zip([(c, s) for c in ("blue", "green", "purple", "red") for s in ("online", "bank")], colors))
+    med[("random", "again")] = again
+    return {"med": med, "peak": {}, "grid": 8}
+
+
+@pytest.mark.parametrize("skip", [[], ["--skip-vit-b"], ["--skip-cpu-preset"]])
+def test_pretrain_benchmark_summary_matches_the_printed_tables(bench_pretrain, monkeypatch, capsys, skip):
+    """Timing replaced by fixed numbers (a different ratio per table): every summary line names a
+    printed table and repeats that table's own mean/min/max 'vs random' and its control row."""
+    fake = {("mae_vit_micro_patch4_32", True): fake_res(1.0, [1.0, 1.1, 1.2, 1.3, 1.0, 1.0, 1.0, 1.4], 1.05),
+            ("mae_vit_micro_patch4_32", False): fake_res(2.0, [1.0] * 8, 2.2),
+            ("mae_vit_base_patch16", True): fake_res(4.0, [4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.4, 3.6], 4.2)}
+    monkeypatch.setattr(bench_pretrain, "bench", lambda preset, batch, device, rounds, steps, amp: fake[preset, amp])
+    monkeypatch.setattr(bench_pretrain, "step_flops", lambda preset, batch, device: 1e12)
+    bench_pretrain.main(["--device", "cpu", "--cpu-preset", "mae_vit_micro_patch4_32", *skip])
+    text = capsys.readouterr().out
+    body, summary = text.split("summary, one line per table above:")
+    tables = {}  # title -> list of (kind, source, vs random)
+    for block in body.split("\n\n"):
+        lines = block.strip().splitlines()
+        if len(lines) > 2 and lines[1].startswith("mask"):
+            title = lines[0].split("  (grid")[0]
+            tables[title] = [(ln.split()[0], ln.split()[1], float(ln.split()[4])) for ln in lines[2:12]]
+    n_tables = 3 - 2 * ("--skip-cpu-preset" in skip) - ("--skip-vit-b" in skip)
+    lines = [ln.strip() for ln in summary.strip().splitlines()]
+    assert len(tables) == n_tables == len(lines)
+    for line, (title, rows) in zip(lines, tables.items()):
+        assert line.startswith(title + ":")
+        ratios = [r for kind, _, r in rows if kind != "random"]
+        again = next(r for kind, src, r in rows if src == "again")
+        assert f"mean {sum(ratios) / len(ratios):.3f}, range {min(ratios):.3f}-{max(ratios):.3f}" in line
+        assert f"(random again / random) {again:.3f}" in line
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA exit; this machine has CUDA")
+def test_gpu_check_without_cuda_exits_at_once_with_one_line(tmp_path):
+    runs = ROOT / "results" / "gpu_check"
+    before = set(runs.iterdir()) if runs.is_dir() else set()
+    t = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    elapsed = time.perf_counter() - t
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out
+    assert "CUDA" in lines[0] and "not available" in lines[0]
+    assert "Traceback" not in out and "skipped" not in out and "==" not in out
+    assert elapsed < 60, elapsed
+    assert (set(runs.iterdir()) if runs.is_dir() else set()) == before  # no output folder for a run that did not run
