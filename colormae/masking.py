@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .bank import NoiseBank, load_noise_bank, make_noise_bank
-from .noise import COLORS, color_params, filter_noise, white_noise
+from .noise import COLORS, aperiodic_color_noise, aperiodic_margin, color_params
 
 KINDS = ("random", "block", "grid") + COLORS
 SOURCES = ("online", "bank")
@@ -94,10 +94,20 @@ class Masker:
     def n_keep(self) -> int:
         return int(self.num_patches * (1 - self.mask_ratio))
 
+    @property
+    def canvas(self) -> int | None:
+        """Side of the periodic noise canvas an online color mask is cropped from (grid + margin)."""
+        if self.kind not in COLORS or self.source != "online":
+            return None
+        p = {k: v for k, v in self.params.items() if k != "distribution"}
+        return self.grid + aperiodic_margin(self.kind, **p)
+
     def describe(self) -> dict:
         """JSON-able description for run summaries."""
         d = {"kind": self.kind, "grid": self.grid, "mask_ratio": self.mask_ratio, "source": self.source,
              "n_keep": self.n_keep, "params": self.params}
+        if self.canvas is not None:
+            d["canvas"] = self.canvas
         if self.bank is not None:
             d["bank"] = {"num_patterns": int(self.bank.patterns.shape[0]), "size": self.bank.size,
                          "seed": self.bank.seed, "params": self.bank.params}
@@ -123,9 +133,9 @@ class Masker:
             s = torch.from_numpy(~masked.reshape(b, L)).float()
             s = s + 0.5 * torch.rand(b, L, generator=generator, device=draw)  # random fill if BEiT fell short
         elif self.source == "online":
-            p = dict(self.params)
-            x = white_noise((b, g, g), distribution=p.pop("distribution"), generator=generator, device=device)
-            s = filter_noise(self.kind, x, **p).flatten(1)
+            # A window of a bigger periodic canvas (see ``canvas``), so the mask does not wrap around.
+            s = aperiodic_color_noise(self.kind, (b, g, g), generator=generator, device=device,
+                                      **self.params).flatten(1)
         else:
             s = self._bank_windows(b, generator, device).flatten(1)
         return s.to(device) if device is not None else s
@@ -160,8 +170,9 @@ def make_masker(kind: str, grid: int, mask_ratio: float = 0.75, *, source: str =
 
     kind: random (MAE), block (BEiT), grid (keep one of every 2x2; ratio 0.75 only) or a color
     (white, red, blue, green, purple: keep the highest values of a color-noise window).
-    Color kinds take ``source="online"`` (filter fresh white noise on the grid every call: no
-    memory, unlimited diversity) or ``source="bank"`` (the paper's way: crop windows from a
+    Color kinds take ``source="online"`` (filter fresh white noise every call on a canvas larger
+    than the grid and crop a grid x grid window, so masks do not wrap around: no memory, unlimited
+    diversity, the statistics of bank windows) or ``source="bank"`` (the paper's way: crop windows from a
     precomputed bank; pass ``bank`` as a NoiseBank or .npz path, or let one be generated from
     ``bank_patterns`` x ``bank_size``^2 and ``bank_seed``). ``params`` are the color's sigma
     parameters (see ``colormae.noise.DEFAULT_PARAMS``), or ``min_block_patches`` / ``min_aspect``

@@ -1,4 +1,7 @@
 """Mask invariants for every kind and source, MAE semantics, determinism, bank vs online, errors."""
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -103,10 +106,9 @@ def test_bank_and_online_give_the_same_statistics(color):
 
 
 def test_block_mask_is_blocky_and_exact():
-    import numpy as np
     rng = np.random.default_rng(0)
     mask = _block_mask(14, 147, 16, rng)
-    assert mask.sum() <= 147
+    assert 0 < mask.sum() <= 147
     m = make_masker("block", 14)
     mask = m(8, generator=gen())[0]
     assert (mask.sum(1) == 147).all()
@@ -118,12 +120,87 @@ def test_grid_keeps_one_of_every_2x2():
     assert (visible_per_cell == 1).all()
 
 
+def expected_bank_windows(bank, grid, batch, seed):
+    """Bank windows written out from the documented draws (pattern, torus offset, h/v flip per
+    sample, in that order, from a CPU generator), with python indexing instead of the gathers."""
+    g = gen(seed)
+    n, size = bank.patterns.shape[0], bank.size
+    idx = torch.randint(0, n, (batch,), generator=g)
+    offset = torch.randint(0, size, (batch, 2), generator=g)
+    flip = torch.randint(0, 2, (batch, 2), generator=g).bool()
+    out = torch.empty(batch, grid, grid)
+    for b in range(batch):
+        for r in range(grid):
+            for c in range(grid):
+                rr = (grid - 1 - r if flip[b, 0] else r) + int(offset[b, 0])
+                cc = (grid - 1 - c if flip[b, 1] else c) + int(offset[b, 1])
+                out[b, r, c] = bank.patterns[idx[b], rr % size, cc % size]
+    return out
+
+
+def expected_online_scores(color, grid, batch, seed):
+    """Online color scores from the definition, in numpy: white noise from the generator on a
+    (grid + margin)^2 canvas, Eq. 1-4 as an FFT filter, the top-left grid x grid window."""
+    margin = math.ceil(4 * {"white": 0, "red": 1.5 * 2, "blue": 0.7 * math.sqrt(2),
+                            "green": 1.4 * math.sqrt(2), "purple": 1.4 * math.sqrt(2)}[color])
+    c = grid + margin
+    x = (torch.rand(batch, c, c, generator=gen(seed)).double().numpy() - 0.5) * math.sqrt(12)
+    f2 = np.fft.fftfreq(c)[:, None] ** 2 + np.fft.fftfreq(c)[None, :] ** 2
+    g = lambda s: np.exp(-2 * np.pi ** 2 * s ** 2 * f2)  # noqa: E731
+    t = {"white": np.ones_like(f2), "red": g(1.5) ** 2, "blue": 1 - g(0.7), "green": g(0.7) - g(1.4),
+         "purple": 1 - (g(0.7) - g(1.4))}[color]
+    y = np.real(np.fft.ifft2(np.fft.fft2(x) * t)) / np.sqrt(np.mean(t ** 2))
+    return torch.from_numpy(y[:, :grid, :grid].reshape(batch, -1)).float()
+
+
+@pytest.mark.parametrize("kind, source", CASES)
+def test_visible_patches_are_the_highest_scores(kind, source):
+    """The visible set is the top-n_keep of ``scores`` drawn from the same generator state."""
+    m = make_masker(kind, 14, 0.75, source=source, bank_patterns=8)
+    scores = m.scores(16, generator=gen(11))
+    mask, ids_keep, _ = m(16, generator=gen(11))
+    top = scores.topk(m.n_keep, dim=1).indices
+    for b in range(16):
+        assert set(ids_keep[b].tolist()) == set(top[b].tolist())
+        assert (mask[b, top[b]] == 0).all() and int(mask[b].sum()) == 196 - m.n_keep
+    visible = mask == 0
+    lowest_visible = torch.where(visible, scores, torch.inf).min(1).values
+    highest_masked = torch.where(visible, -torch.inf, scores).max(1).values
+    assert (lowest_visible > highest_masked).all()
+
+
+@pytest.mark.parametrize("color", COLORS)
+def test_online_scores_are_the_filtered_noise(color):
+    """Sign included: a color mask keeps the HIGHEST values of its filtered noise."""
+    m = make_masker(color, 14)
+    torch.testing.assert_close(m.scores(6, generator=gen(4)), expected_online_scores(color, 14, 6, 4),
+                               atol=1e-5, rtol=0)
+    assert m.canvas == 14 + {"white": 0, "red": 12, "blue": 4, "green": 8, "purple": 8}[color]
+
+
+@pytest.mark.parametrize("color", COLORS)
+def test_bank_scores_are_the_bank_windows(color):
+    m = make_masker(color, 14, source="bank", bank_patterns=4, bank_size=24)
+    expected = expected_bank_windows(m.bank, 14, 6, 8).flatten(1)
+    assert torch.equal(m.scores(6, generator=gen(8)), expected)
+
+
+def test_random_scores_are_negated_maes_noise():
+    assert torch.equal(make_masker("random", 14).scores(3, generator=gen(2)), -torch.rand(3, 196, generator=gen(2)))
+
+
 def test_masks_on_device_follow_cpu_generator():
-    """A CPU generator decides the masks; ``device`` only says where they land."""
+    """A CPU generator decides the masks; ``device`` only says where they land.
+
+    Expected: the bank windows computed by hand from the generator's draws, their top n_keep.
+    """
     m = make_masker("green", 14, source="bank", bank_patterns=4)
-    a = m(8, generator=gen(9), device="cpu")
-    b = m(8, generator=gen(9))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    windows = expected_bank_windows(m.bank, 14, 8, 9).flatten(1)
+    for device in (None, "cpu"):
+        mask, ids_keep, _ = m(8, generator=gen(9), device=device)
+        assert mask.device == torch.device("cpu")
+        for b in range(8):
+            assert set(ids_keep[b].tolist()) == set(windows[b].topk(m.n_keep).indices.tolist())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
