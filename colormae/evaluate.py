@@ -1,15 +1,15 @@
 """Frozen-encoder evaluation: weighted kNN and a linear probe on cached features.
 
 * ``knn``: weighted k-NN on L2-normalized frozen features (DINO / InstDisc: k=20, T=0.07).
-* ``linprobe``: BatchNorm1d(affine=False) + Linear on frozen features (MAE's main_linprobe.py), SGD
+* ``linprobe-cached``: BatchNorm1d(affine=False) + Linear on frozen features (MAE's probe head), SGD
   (or LARS), no weight decay, cosine schedule with warmup. Features are extracted once and cached in
-  memory, so 100 epochs cost seconds; the price is no augmentation (MAE's probe trains with random
-  crop + flip).
+  memory, so 100 epochs cost seconds; the price is no augmentation. MAE's own protocol (random
+  crop + flip on the fly, LARS, large batch) is ``--protocol linprobe`` in ``colormae.finetune``.
 
 Features (``extract_features``): the encoder's final norm is applied to every token, then
 ``pool="cls"`` takes the [CLS] token (MAE's linear probe) and ``pool="avg"`` averages the patch
 tokens. The default is ``"cls"`` to match MAE's protocol; ``"avg"`` is one argument away.
-The CLI for both is ``python -m colormae.finetune --protocol {knn,linprobe}``.
+The CLI for both is ``python -m colormae.finetune --protocol {knn,linprobe-cached}``.
 """
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from timm.optim import Lars
 from timm.scheduler import CosineLRScheduler
 
 from . import data as data_lib
-from .model import export_encoder, mae_from_checkpoint, timm_vit_from_export
-from .runtime import AMP_MODES, Timer, autocast, load_checkpoint, progress
+from .config import AMP_MODES
+from .model import timm_vit_from_export
+from .rundir import load_encoder
+from .runtime import Timer, autocast, progress
 
 log = logging.getLogger(__name__)
 POOLS = ("cls", "avg")
@@ -32,38 +34,7 @@ POOLS = ("cls", "avg")
 # resampled images, which is never what a preset-matched experiment wants.
 NATIVE_IMG_SIZE = {"cifar10": 32}
 
-# -- loading encoders ---------------------------------------------------------------------------
-
-def _is_export(obj) -> bool:
-    return isinstance(obj, dict) and all(k in obj for k in ("state_dict", "timm_name", "timm_kwargs"))
-
-
-def load_encoder(path: str | Path) -> dict:
-    """The export dict of an encoder (see ``model.export_encoder``) from any of:
-
-    * a pretraining run directory (its ``encoder.pth``, else its ``checkpoint-last.pth``),
-    * an ``encoder.pth`` export,
-    * a pretraining checkpoint (``checkpoint-*.pth``): the MAE is rebuilt and exported.
-    """
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / "encoder.pth", path / "checkpoint-last.pth"]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(f"no encoder in run directory {path}: neither {candidates[0]} nor {candidates[1]}")
-        if found != candidates[0]:
-            log.info("%s has no encoder.pth (unfinished run?): using %s", path, found)
-        path = found
-    if not path.is_file():
-        raise FileNotFoundError(f"encoder not found: {path}")
-    obj = load_checkpoint(path, required=())  # ValueError on corrupt / non-dict files
-    if _is_export(obj):
-        return obj
-    if "model" in obj and "mae_config" in obj:
-        return export_encoder(mae_from_checkpoint(obj))
-    raise ValueError(f"{path} is neither an encoder export (keys state_dict, timm_name, timm_kwargs) nor a "
-                     f"pretraining checkpoint (keys model, mae_config); it has keys {sorted(obj)[:10]}")
-
+# -- encoders and datasets -----------------------------------------------------------------------
 
 def encoder_img_size(export: dict) -> int:
     return int(export["timm_kwargs"]["img_size"])
@@ -162,6 +133,14 @@ def knn_classify(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     return {"top1": top1, "top5": top5, "k": k, "temperature": temperature}
 
 
+def lars_optimizer(head: nn.Module, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """timm's LARS with MAE's grouping: the trust ratio on weight matrices only, biases plain SGD."""
+    weights = [p for p in head.parameters() if p.ndim > 1]
+    others = [p for p in head.parameters() if p.ndim <= 1]
+    return Lars([{"params": weights, "always_adapt": True}, {"params": others}], lr=lr, momentum=0.9,
+                weight_decay=weight_decay)
+
+
 class LinearProbe(nn.Sequential):
     """MAE's probe head: BatchNorm without affine (a per-feature whitening) then a linear layer."""
 
@@ -193,16 +172,17 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
     train_feats, test_feats = train_feats.to(device).float(), test_feats.to(device).float()
     train_labels, test_labels = train_labels.to(device).long(), test_labels.to(device).long()
     n = len(train_feats)
+    if n < 2:
+        raise ValueError(f"the linear probe needs at least 2 training samples (its BatchNorm normalizes over the "
+                         f"batch); got {n}")
     batch_size = min(batch_size, n)
     steps_per_epoch = n // batch_size  # drop the ragged tail: BatchNorm hates a batch of 1
     lr = blr * batch_size / 256 if lr is None else lr
     head = LinearProbe(train_feats.shape[1], num_classes).to(device)
-    weights, biases = [head[1].weight], [head[1].bias]
     if optimizer == "lars":
-        opt = Lars([{"params": weights, "always_adapt": True}, {"params": biases}], lr=lr, momentum=0.9,
-                   weight_decay=0.0)
+        opt = lars_optimizer(head, lr)
     else:
-        opt = torch.optim.SGD(weights + biases, lr=lr, momentum=0.9, weight_decay=0.0)
+        opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     total = steps_per_epoch * epochs
     warmup = int(min(warmup_epochs, epochs - 1) * steps_per_epoch)  # always leave some steps at full lr
     sched = CosineLRScheduler(opt, t_initial=total, lr_min=0.0, warmup_t=warmup, warmup_lr_init=0.0,

@@ -4,21 +4,29 @@
 
 Every (mask, seed) run pretrains with identical settings except the mask (the seed fixes model init,
 data order and augmentation, so runs of one seed differ by their masks only), then is evaluated with
-kNN and a linear probe on frozen features. ``table.csv`` is rewritten after every run.
+kNN and the cached-feature linear probe on frozen features. ``table.csv`` is rewritten after every run.
+
+A finished run is reused only when its saved config equals the grid's (the run directory refuses a
+resume with other settings, naming them); a grid re-run with other settings therefore stops with
+that message instead of relabelling old runs. Paths in grid.json and the runs' files are stored
+relative to the repository.
 """
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import logging
 import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from . import pretrain
+from .config import differences
+from .engine import cli_main
 from .evaluate import evaluate_frozen
-from .pretrain import PretrainConfig, train, validate
-from .runtime import ROOT, Timer, read_metrics, write_json
+from .pretrain import PretrainConfig, validate
+from .rundir import atomic_write, read_json, repo_relative, write_json
+from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +39,12 @@ class GridSpec:
     """A mask x seed grid of pretraining runs with frozen-feature evaluation."""
     masks: tuple[str, ...] = ("random", "blue", "green", "purple", "red")
     seeds: tuple[int, ...] = (0, 1)
-    out: str = str(ROOT / "results" / "cifar10_minirepro")
+    out: str = "results/cifar10_minirepro"  # relative paths: from the repository root
     # pretraining (see PretrainConfig); everything but mask and seed is shared by all runs
     pretrain: dict = field(default_factory=lambda: dict(
         preset="mae_vit_mini_patch4_32", dataset="cifar10", epochs=3, batch_size=128, blr=2e-3,
-        warmup_epochs=1.0, mask_ratio=0.75, mask_source="online", amp="bf16", num_workers=1, save_every=1))
+        warmup_epochs=1.0, mask_ratio=0.75, mask_source="online", amp="bf16", num_workers=1, norm_pix_loss=False,
+        pipeline="files"))
     # evaluation (see colormae.finetune.evaluate_frozen)
     evaluate: dict = field(default_factory=lambda: dict(linprobe_epochs=100, knn_k=20, amp="bf16", batch_size=512))
 
@@ -43,61 +52,76 @@ class GridSpec:
 GRIDS = {"cifar10-minirepro": GridSpec()}
 
 
-def final_loss(run_dir: Path, epochs_done: float) -> float:
-    """Mean logged loss over the last epoch: one batch's loss is too noisy to compare masks."""
-    records = read_metrics(run_dir)
-    last = [r["loss"] for r in records if r["epoch"] > epochs_done - 1]
-    return sum(last) / len(last)
-
-
 def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
-    """Pretrain (resuming if interrupted) and evaluate one run; skipped if already complete."""
-    run_dir = Path(spec.out) / "runs" / f"{mask}_seed{seed}"
+    """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
+    one run; the evaluation is reused when eval.json was made with the same settings."""
+    run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
+    cfg = PretrainConfig(**{**spec.pretrain, "mask": mask, "seed": seed, "output_dir": repo_relative(run_dir),
+                            "resume": "auto", "device": device})
+    summary = pretrain.run(cfg)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
-        log.info("%s seed %d: done, skipping", mask, seed)
-        return json.loads(eval_path.read_text())
-    cfg = PretrainConfig(**{**spec.pretrain, "mask": mask, "seed": seed, "output_dir": str(run_dir),
-                            "resume": "auto", "device": device})
-    summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    if not (summary and summary.get("finished")):
-        log.info("%s seed %d: pretraining %d epochs", mask, seed, cfg.epochs)
-        summary = train(cfg)
+        rec = read_json(eval_path)
+        changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
+        if changed:
+            raise ValueError(f"{eval_path} was evaluated with other settings ("
+                             + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
+                             + "): choose another --out for a grid with these settings")
+        log.info("%s seed %d: done, reusing %s", mask, seed, repo_relative(eval_path))
+        return rec
     timer = Timer()
     ev = evaluate_frozen(run_dir, cfg.dataset, cfg.data_root, device=device if device != "auto" else "cpu",
                          seed=seed, **spec.evaluate)
     row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"],
-           "final_loss": final_loss(run_dir, summary["epochs_done"]), "knn_top1": ev["knn_top1"],
+           "final_loss": summary["final_loss"], "knn_top1": ev["knn_top1"],
            "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
            "preset": cfg.preset, "mask_source": cfg.mask_source, "pretrain_wall_s": summary["wall_time_s"],
            "images_per_s": summary["images_per_s"], "eval_wall_s": timer.elapsed}
-    write_json({**row, "evaluation": ev}, eval_path)
+    write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
+               eval_path)
     return row
 
 
 def write_table(spec: GridSpec) -> Path:
     """table.csv from every finished run's eval.json (one row per run)."""
     rows = []
-    for path in sorted((Path(spec.out) / "runs").glob("*/eval.json")):
-        rec = json.loads(path.read_text())
+    for path in sorted((project_path(spec.out) / "runs").glob("*/eval.json")):
+        rec = read_json(path)
         rows.append({k: rec[k] for k in TABLE_COLUMNS})
     order = {m: i for i, m in enumerate(spec.masks)}
     rows.sort(key=lambda r: (order.get(r["mask"], 99), r["seed"]))
-    path = Path(spec.out) / "table.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
-    return path
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(project_path(spec.out) / "table.csv", write)
+
+
+def record_grid(spec: GridSpec) -> None:
+    """grid.json: the grid's settings (repository-relative paths). Unchanged settings leave the file
+    untouched; other pretraining or evaluation settings in the same folder are an error."""
+    path = project_path(spec.out) / "grid.json"
+    new = {**asdict(spec), "out": repo_relative(project_path(spec.out))}
+    if path.exists():
+        old = read_json(path)
+        changed = [(f"{part}.{n}", old[part].get(n, "(unset)"), new[part].get(n, "(unset)"))
+                   for part in ("pretrain", "evaluate") for n in sorted(set(old[part]) | set(new[part]))
+                   if old[part].get(n, "(unset)") != new[part].get(n, "(unset)")]
+        if changed:
+            raise ValueError(f"{path} holds a grid with other settings ("
+                             + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
+                             + "): choose another --out")
+        if set(old["masks"]) >= set(new["masks"]) and set(old["seeds"]) >= set(new["seeds"]):
+            return
+        new["masks"] = list(dict.fromkeys([*old["masks"], *new["masks"]]))
+        new["seeds"] = list(dict.fromkeys([*old["seeds"], *new["seeds"]]))
+    write_json(new, path)
 
 
 def run_grid(spec: GridSpec, device: str = "auto") -> Path:
     """Seed-major order (every mask at seed 0, then seed 1): a grid cut short stays balanced."""
-    Path(spec.out).mkdir(parents=True, exist_ok=True)
-    write_json(asdict(spec), Path(spec.out) / "grid.json")
+    record_grid(spec)
     for seed in spec.seeds:
         for mask in spec.masks:
             run_one(spec, mask, seed, device)
@@ -121,7 +145,6 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--eval-length", type=int, default=None, help="subset of train and test for evaluation (smoke runs)")
     p.add_argument("--device", default="auto")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     spec = replace(GRIDS[args.grid])
     if args.out:
         spec.out = args.out
@@ -136,12 +159,14 @@ def main(argv: list[str] | None = None) -> Path:
         spec.evaluate = {**spec.evaluate, "linprobe_epochs": args.linprobe_epochs}
     if args.eval_length is not None:
         spec.evaluate = {**spec.evaluate, "train_length": args.eval_length, "test_length": args.eval_length}
-    # fail fast on a bad grid: every run's config is validated before the first one starts
-    for mask in spec.masks:
-        validate(PretrainConfig(**{**spec.pretrain, "mask": mask}))
-    path = run_grid(spec, args.device)
-    print(path.read_text())
-    return path
+    def run(spec: GridSpec) -> Path:
+        # fail fast on a bad grid: every run's config is validated before the first one starts
+        for mask in spec.masks:
+            validate(PretrainConfig(**{**spec.pretrain, "mask": mask}))
+        path = run_grid(spec, args.device)
+        print(path.read_text())
+        return path
+    return cli_main(run, spec)
 
 
 if __name__ == "__main__":

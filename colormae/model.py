@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import partial
-from pathlib import Path
 
 import timm
 import torch
@@ -16,7 +15,6 @@ from timm.layers import PatchEmbed, build_sincos2d_pos_embed
 from timm.models.vision_transformer import Block
 
 from .masking import masks_from_scores
-from .runtime import load_checkpoint
 
 
 @dataclass(frozen=True)
@@ -42,9 +40,11 @@ class MAEConfig:
 # narrow shallow decoder) at a size 2 cores train in minutes; grid 16 where affordable, so that
 # color masks have room to show structure (a 75 % mask of a 16x16 grid keeps 64 patches).
 PRESETS: dict[str, MAEConfig] = {
-    "mae_vit_base_patch16": MAEConfig(),
-    "mae_vit_large_patch16": MAEConfig(embed_dim=1024, depth=24, num_heads=16),
-    "mae_vit_huge_patch14": MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16),
+    # the paper's and MAE's recipe: per-patch normalized pixel targets (norm_pix_loss=True)
+    "mae_vit_base_patch16": MAEConfig(norm_pix_loss=True),
+    "mae_vit_large_patch16": MAEConfig(embed_dim=1024, depth=24, num_heads=16, norm_pix_loss=True),
+    "mae_vit_huge_patch14": MAEConfig(patch_size=14, embed_dim=1280, depth=32, num_heads=16, norm_pix_loss=True),
+    # CPU presets below keep raw-pixel targets: their reconstructions are viewable as they are
     # 32 px (CIFAR-10), patch 4 -> 8x8 grid: ViT-Tiny width.
     "mae_vit_tiny_patch4_32": MAEConfig(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3,
                                         decoder_embed_dim=128, decoder_depth=2, decoder_num_heads=4),
@@ -94,7 +94,12 @@ def ids_from_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 
 
 def _sincos(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos embedding [1, 1 + grid^2, dim] with a zero [CLS] slot (MAE's)."""
+    """Fixed 2-D sin-cos embedding [1, 1 + grid^2, dim] with a zero [CLS] slot.
+
+    MAE's frequencies and values, in timm's channel order: the four dim/4 blocks are MAE's
+    (sin_x, cos_x, sin_y, cos_y) permuted to (sin_y, sin_x, cos_y, cos_x) (pinned by a test). A network
+    trained from scratch is indifferent to the order; loading MAE's own checkpoints is unaffected
+    because pos_embed is stored in (and loaded from) the checkpoint."""
     pe = build_sincos2d_pos_embed([grid, grid], dim)
     return torch.cat([torch.zeros(1, dim), pe], 0).unsqueeze(0)
 
@@ -232,14 +237,6 @@ def mae_from_checkpoint(ckpt: dict) -> MaskedAutoencoder:
     model = MaskedAutoencoder(MAEConfig(**ckpt["mae_config"]))
     model.load_state_dict(ckpt["model"])
     return model
-
-
-def load_mae(path) -> MaskedAutoencoder:
-    """A pretrained MAE from a run directory (its checkpoint-last.pth) or a checkpoint file, in eval mode."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint-last.pth"
-    return mae_from_checkpoint(load_checkpoint(path, required=("model", "mae_config"))).eval()
 
 
 @torch.no_grad()

@@ -1,15 +1,16 @@
-"""What every training engine shares: distributed set-up, seeded data order, atomic checkpoints,
-RNG capture, metric logs and run summaries. Plain functions; no trainer class."""
+"""The process's surroundings: repository paths, device and DDP set-up, mixed precision, seeded
+data order, RNG capture, environment facts and progress bars. Plain functions.
+
+Run directories (files, checkpoints, metrics) live in ``colormae.rundir``; the training-loop
+scaffold in ``colormae.engine``; configs and their CLI in ``colormae.config``."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
 import random
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,34 +77,6 @@ def mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
     return float(x.item())
 
 
-def add_engine_args(parser, defaults) -> None:
-    """The flags every engine shares (run bookkeeping), with ``defaults`` from its config dataclass."""
-    d = defaults
-    parser.add_argument("--amp", default=d.amp, help=f"one of {AMP_MODES}")
-    parser.add_argument("--output-dir", default=d.output_dir)
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--resume", default=d.resume, help="checkpoint path, or 'auto' (<output-dir>/checkpoint-last.pth)")
-    parser.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many optimizer steps")
-    parser.add_argument("--num-workers", type=int, default=d.num_workers)
-    parser.add_argument("--skip-corrupt", action="store_true", help="skip (and count) unreadable images")
-    parser.add_argument("--log-every", type=int, default=d.log_every)
-
-
-def cli_main(run, config) -> dict:
-    """What every engine's ``main`` does: log to stderr, turn expected errors into a clean exit
-    (message, status 2) and always leave the process group."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    try:
-        return run(config)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        log.error("%s", e)
-        raise SystemExit(2) from e
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def resolve_device(device: str, info: DistInfo) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,9 +92,6 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
 
 
 # -- mixed precision -------------------------------------------------------------------------
-
-AMP_MODES = ("bf16", "fp16", "none")
-
 
 def autocast(amp: str, device: torch.device):
     """bf16 / fp16 autocast on ``device`` (CPU or CUDA), or a no-op for "none"."""
@@ -191,70 +161,7 @@ class SeededSamples(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-# -- checkpoints --------------------------------------------------------------------------------
-
-def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    """Write to a temp file in the same folder, then rename: a crash never leaves half a checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model",)) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, ...
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
-        raise ValueError(f"checkpoint {path} is not a ColorMAE checkpoint: needs keys {list(required)}")
-    return ckpt
-
-
-def resume_path(resume: str | None, out_dir: Path) -> Path | None:
-    """What ``--resume`` points at: a checkpoint path, or "auto" = ``out_dir/checkpoint-last.pth``
-    when that exists. None means a fresh run."""
-    if resume == "auto":
-        last = Path(out_dir) / "checkpoint-last.pth"
-        return last if last.exists() else None
-    return Path(resume) if resume else None
-
-
-TRAINING_STATE_KEYS = ("model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "rng")
-
-
-def training_state(model, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int,
-                   mask_generator: torch.Generator | None = None, **extra) -> dict:
-    """Everything an exact resume needs (weights, optimizer, loss scaler, position, every RNG),
-    plus the engine's own ``extra`` entries (config, ...)."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_generator),
-            **extra}
-
-
-def restore_training_state(ckpt: dict, path, model, optimizer, scaler,
-                           mask_generator: torch.Generator | None = None) -> tuple[int, int, int]:
-    """Load a ``training_state`` into the live objects; returns (step, epoch, batch_in_epoch)."""
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise ValueError(f"checkpoint {path} does not fit this model: {e}") from e
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"], mask_generator)
-    log.info("resumed from %s at epoch %d, step %d", path, ckpt["epoch"], ckpt["step"])
-    return ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
-
+# -- RNG state ----------------------------------------------------------------------------------
 
 def rng_state(mask_generator: torch.Generator | None = None) -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
@@ -275,48 +182,7 @@ def set_rng_state(state: dict, mask_generator: torch.Generator | None = None) ->
         mask_generator.set_state(state["mask_generator"])
 
 
-# -- logs and summaries ----------------------------------------------------------------------
-
-class MetricLog:
-    """Per-step metrics as JSONL (+ TensorBoard). On resume, lines past the resumed step are cut."""
-
-    def __init__(self, out_dir: Path, enabled: bool, resume_step: int | None = None, tensorboard: bool = True):
-        self.enabled = enabled
-        self.path = Path(out_dir) / "metrics.jsonl"
-        self.writer = None
-        if not enabled:
-            return
-        if resume_step is not None and self.path.exists():
-            kept = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-        elif self.path.exists():
-            self.path.unlink()
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-
-    def write(self, record: dict) -> None:
-        if not self.enabled:
-            return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for k, v in record.items():
-                if k != "step" and isinstance(v, (int, float)):
-                    self.writer.add_scalar(k, v, record["step"])
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl file (or of ``<run dir>/metrics.jsonl``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-
+# -- environment and progress --------------------------------------------------------------------
 
 def git_sha() -> str | None:
     try:
@@ -346,16 +212,6 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def write_json(obj: dict, path: str | os.PathLike) -> Path:
-    """Atomic JSON write (summaries are read by notebooks while runs go on)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
-
-
 def progress(iterable=None, **kwargs):
     """tqdm bar refreshed every ``$COLORMAE_PROGRESS_SECONDS`` seconds (default 2): notebooks set a
     long interval so their saved outputs hold a few progress lines, not hundreds."""
@@ -371,3 +227,8 @@ class Timer:
     @property
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+
+def read_metrics(path):  # TODO(lead): remove once results.py and tests import colormae.rundir.read_metrics
+    from .rundir import read_metrics as _read_metrics
+    return _read_metrics(path)

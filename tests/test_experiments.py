@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from colormae import experiments, results
+from colormae.rundir import repo_relative
+from colormae.runtime import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +61,25 @@ def test_summaries_and_loss_bands(tiny_grid):
     assert len(xs) == len(mean) == len(std) == 5 and (std >= 0).all()
 
 
-def test_bad_grid_arguments_fail_before_training(tmp_path):
-    with pytest.raises(ValueError, match="kind 'pink'"):
+def test_bad_grid_arguments_fail_before_training(tmp_path, caplog):
+    with pytest.raises(SystemExit) as exit_info:  # like the other CLIs: one clear line, status 2
         experiments.main(["cifar10-minirepro", "--out", str(tmp_path), "--masks", "pink"])
+    assert exit_info.value.code == 2 and "kind 'pink'" in caplog.text
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_finished_grid_is_left_untouched_and_other_settings_are_refused(tiny_grid, caplog):
+    out, args = tiny_grid
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in out.rglob("*")
+             if p.is_file() and p.suffix in (".json", ".jsonl", ".csv") and p.name != "table.csv"}
+    experiments.main(args)
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
+    caplog.clear()
+    with pytest.raises(SystemExit):  # the same folder with 2 epochs: refused, nothing relabelled
+        i = args.index("--epochs")
+        experiments.main(args[:i + 1] + ["2"] + args[i + 2:])
+    assert "pretrain.epochs: 1 -> 2" in caplog.text and "choose another --out" in caplog.text
+    assert {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files} == files
 
 
 def test_paper_table_is_labelled_and_complete():
@@ -72,3 +89,10 @@ def test_paper_table_is_labelled_and_complete():
     assert isinstance(results.paper_table1("segmentation_miou"), pd.DataFrame)
     with pytest.raises(ValueError, match="task="):
         results.paper_table1("depth")
+
+
+def test_stored_paths_are_relative_to_the_repository(tmp_path):
+    assert repo_relative(ROOT / "results" / "x" / "summary.json") == "results/x/summary.json"
+    assert repo_relative(tmp_path) == str(tmp_path)  # outside the repository: kept as it is
+    committed = [p for p in (ROOT / "results").rglob("*.json") if str(ROOT) in p.read_text()]
+    assert not committed, f"absolute paths in committed results: {committed[:3]}"

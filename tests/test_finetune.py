@@ -8,11 +8,12 @@ import torch
 from PIL import Image
 
 from colormae import finetune as ft
-from colormae.finetune import (FinetuneConfig, build_finetune_model, evaluate_frozen, extract_features,
-                               knn_classify, linear_probe, load_encoder)
+from colormae.evaluate import evaluate_frozen, extract_features, knn_classify, linear_probe
+from colormae.finetune import FinetuneConfig, build_finetune_model
 from colormae.model import export_encoder, mae_model
-from colormae.pretrain import PretrainConfig, train
-from colormae.runtime import load_checkpoint, read_metrics
+from colormae.pretrain import PretrainConfig
+from colormae.pretrain import run as pretrain
+from colormae.rundir import load_checkpoint, load_encoder, read_metrics
 from conftest import run_one_and_two_processes
 
 MICRO = "mae_vit_micro_patch4_32"
@@ -32,7 +33,7 @@ def one_thread():
 def run_dir(tmp_path_factory):
     """A finished micro pretraining run (encoder.pth + checkpoint-last.pth), in a few seconds."""
     out = tmp_path_factory.mktemp("pretrain")
-    train(PretrainConfig(preset=MICRO, dataset="embedded", dataset_length=64, epochs=1, batch_size=32,
+    pretrain(PretrainConfig(preset=MICRO, dataset="embedded", dataset_length=64, epochs=1, batch_size=32,
                          amp="none", output_dir=str(out), seed=0))
     return out
 
@@ -195,7 +196,7 @@ def test_cli_protocols_write_summaries(run_dir, tmp_path):
     assert s["steps"] == 2 and not s["finished"] and 0 <= s["top1"] <= 1
     for name in ("summary.json", "config.json", "metrics.jsonl", "checkpoint-last.pth"):
         assert (tmp_path / "ft" / name).exists(), name
-    for protocol, extra in (("knn", []), ("linprobe", ["--epochs", "5", "--batch-size", "32"])):
+    for protocol, extra in (("knn", []), ("linprobe-cached", ["--epochs", "5", "--batch-size", "32"])):
         ft.main(common + ["--protocol", protocol, "--output-dir", str(tmp_path / protocol)] + extra)
         summary = json.loads((tmp_path / protocol / "summary.json").read_text())
         assert summary["protocol"] == protocol and 0 <= summary["top1"] <= 1 and summary["num_train"] == 64
@@ -206,11 +207,11 @@ def test_cli_protocols_write_summaries(run_dir, tmp_path):
 
 
 def test_finetune_interrupted_then_resumed_matches_uninterrupted(run_dir, tmp_path):
-    full = ft.finetune(ft_cfg(run_dir, tmp_path / "full"))
+    full = ft.run(ft_cfg(run_dir, tmp_path / "full"))
     assert full["finished"] and full["steps"] == 8 and len(full["evals"]) == 2
-    part = ft.finetune(ft_cfg(run_dir, tmp_path / "cut", max_steps=3))  # mid-epoch 0
+    part = ft.run(ft_cfg(run_dir, tmp_path / "cut", max_steps=3))  # mid-epoch 0
     assert part["steps"] == 3 and not part["finished"]
-    resumed = ft.finetune(ft_cfg(run_dir, tmp_path / "cut", resume="auto"))
+    resumed = ft.run(ft_cfg(run_dir, tmp_path / "cut", resume="auto"))
 
     def records(out):
         return [{k: v for k, v in r.items() if k != "img_per_s"} for r in read_metrics(out)]
@@ -225,34 +226,34 @@ def test_finetune_interrupted_then_resumed_matches_uninterrupted(run_dir, tmp_pa
 def test_finetune_errors_come_before_the_model(run_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(ft, "build_finetune_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        ft.finetune(ft_cfg(tmp_path / "missing.pth", tmp_path))
+        ft.run(ft_cfg(tmp_path / "missing.pth", tmp_path))
     with pytest.raises(ValueError, match="num_classes=3 but the dataset has 16"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, num_classes=3))
+        ft.run(ft_cfg(run_dir, tmp_path, num_classes=3))
     with pytest.raises(ValueError, match="encoder/preset mismatch"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, img_size=64))
+        ft.run(ft_cfg(run_dir, tmp_path, img_size=64))
     enc64 = tmp_path / "enc64.pth"
     torch.save(export_encoder(mae_model("mae_vit_tiny_patch4_64")), enc64)
     with pytest.raises(ValueError, match="encoder/preset mismatch"):
-        ft.finetune(ft_cfg(enc64, tmp_path, dataset="cifar10", data_root=str(tmp_path / "nowhere")))
+        ft.run(ft_cfg(enc64, tmp_path, dataset="cifar10", data_root=str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
-    with pytest.raises(ValueError, match="unknown dataset"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, dataset="mnist"))
+        ft.run(ft_cfg(run_dir, tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="dataset='mnist' is not supported"):
+        ft.run(ft_cfg(run_dir, tmp_path, dataset="mnist"))
     with pytest.raises(ValueError, match="protocol="):
         ft.run(ft_cfg(run_dir, tmp_path, protocol="svm"))
     with pytest.raises(ValueError, match="must be even"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, batch_size=15))
+        ft.run(ft_cfg(run_dir, tmp_path, batch_size=15))
     with pytest.raises(SystemExit):
         ft.main(["--encoder", str(tmp_path / "missing.pth"), "--output-dir", str(tmp_path)])
 
 
 def test_resume_with_another_head_is_refused(run_dir, tmp_path):
-    ft.finetune(ft_cfg(run_dir, tmp_path, max_steps=1))
+    ft.run(ft_cfg(run_dir, tmp_path, max_steps=1))
     ckpt = load_checkpoint(tmp_path / "checkpoint-last.pth")
     ckpt["num_classes"] = 10
     torch.save(ckpt, tmp_path / "checkpoint-last.pth")
     with pytest.raises(ValueError, match="10-class head"):
-        ft.finetune(ft_cfg(run_dir, tmp_path, resume="auto"))
+        ft.run(ft_cfg(run_dir, tmp_path, resume="auto"))
 
 
 @pytest.mark.slow

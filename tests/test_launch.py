@@ -1,13 +1,24 @@
-"""Notebook parameters -> CLI arguments, and the launcher's checks."""
+"""Notebook parameters -> engine configs and CLI arguments, and the launcher's checks."""
 import pytest
 
-from colormae.launch import run_engine, to_argv
+from colormae.config import to_argv
+from colormae.launch import notebook_params, run_engine
+from colormae.pretrain import PretrainConfig
 
 
-def test_to_argv():
-    assert to_argv({"mask_ratio": 0.75, "norm_pix_loss": True, "resume": None, "skip_corrupt": False,
-                    "preset": "mae_vit_base_patch16"}) == ["--mask-ratio", "0.75", "--norm-pix-loss", "--preset",
-                                                          "mae_vit_base_patch16"]
+def test_to_argv_round_trips_through_the_generated_parser():
+    params = {"mask_ratio": 0.6, "norm_pix_loss": False, "resume": None, "skip_corrupt": True,
+              "preset": "mae_vit_base_patch16", "epochs": 8}
+    argv = to_argv(PretrainConfig, params)
+    # fields at their default (epochs 8, resume None) are left out; False is spelled --no-x
+    assert argv == ["--skip-corrupt", "--preset", "mae_vit_base_patch16", "--no-norm-pix-loss", "--mask-ratio", "0.6"]
+    from colormae.pretrain import config_from_argv
+    assert config_from_argv(argv) == PretrainConfig(**params)
+
+
+def test_notebook_params_pick_config_fields_only():
+    namespace = {"mask": "blue", "epochs": 2, "nproc": 4, "n_show": 8, "In": [], "__name__": "x"}
+    assert notebook_params("pretrain", namespace) == {"mask": "blue", "epochs": 2}
 
 
 def test_run_engine_rejects_bad_arguments():
@@ -15,8 +26,8 @@ def test_run_engine_rejects_bad_arguments():
         run_engine("train", {})
     with pytest.raises(ValueError, match="nproc=0"):
         run_engine("pretrain", {}, nproc=0)
-    with pytest.raises(SystemExit):  # argparse: unknown flag, before any process starts
-        run_engine("pretrain", {"no_such_flag": 1}, nproc=2)
+    with pytest.raises(ValueError, match=r"unknown PretrainConfig parameter\(s\) \['no_such_flag'\]"):
+        run_engine("pretrain", {"no_such_flag": 1}, nproc=2)  # before any process starts
 
 
 def test_run_engine_in_process(tmp_path):

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from colormae.model import MaskedAutoencoder
-from colormae.pretrain import PretrainConfig, parse_mask_schedule, train
-from colormae.runtime import load_checkpoint, read_metrics
+from colormae.pretrain import PretrainConfig, parse_mask_schedule, run
+from colormae.rundir import load_checkpoint, read_metrics
 from conftest import run_one_and_two_processes
 
 
@@ -17,12 +17,12 @@ def tiny_cfg(out, **kw) -> PretrainConfig:
 
 
 def losses(out):
-    return [r["loss"] for r in read_metrics(out)]
+    return [r["loss"] for r in read_metrics(out) if "loss" in r]
 
 
 def test_run_writes_everything_and_same_seed_same_losses(tmp_path):
-    s1 = train(tiny_cfg(tmp_path / "a"))
-    s2 = train(tiny_cfg(tmp_path / "b"))
+    s1 = run(tiny_cfg(tmp_path / "a"))
+    s2 = run(tiny_cfg(tmp_path / "b"))
     assert losses(tmp_path / "a") == losses(tmp_path / "b")
     assert len(losses(tmp_path / "a")) == 8 and s1["steps"] == 8 and s1["finished"]
     for name in ("summary.json", "config.json", "metrics.jsonl", "checkpoint-last.pth", "encoder.pth"):
@@ -32,18 +32,18 @@ def test_run_writes_everything_and_same_seed_same_losses(tmp_path):
         assert key in summary
     assert summary["environment"]["torch"] == torch.__version__
     assert summary["final_loss"] == s2["final_loss"]
-    train(tiny_cfg(tmp_path / "c", seed=1, epochs=1))
+    run(tiny_cfg(tmp_path / "c", seed=1, epochs=1))
     assert losses(tmp_path / "c") != losses(tmp_path / "a")[:4]
     assert not list(tmp_path.rglob("*.tmp"))
 
 
 def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):
-    train(tiny_cfg(tmp_path / "full", mask="green,blue@1", accum_iter=2, batch_size=8))
+    run(tiny_cfg(tmp_path / "full", mask="green,blue@1", accum_iter=2, batch_size=8))
     # stop mid-epoch (after 3 of 4 optimizer steps of epoch 0), then resume from checkpoint-last
-    part = train(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, max_steps=3))
+    part = run(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, max_steps=3))
     assert part["steps"] == 3 and not part["finished"]
     assert not (tmp_path / "cut" / "encoder.pth").exists()
-    train(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, resume="auto"))
+    run(tiny_cfg(tmp_path / "cut", mask="green,blue@1", accum_iter=2, batch_size=8, resume="auto"))
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     a = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["model"]
@@ -63,22 +63,22 @@ def test_bad_inputs_fail_before_the_model_is_built(tmp_path, monkeypatch):
     monkeypatch.setattr(MaskedAutoencoder, "__init__", lambda *a, **k: built.append(1) or (_ for _ in ()).throw(
         AssertionError("model built")))
     with pytest.raises(ValueError, match="kind 'pink' is not supported"):
-        train(tiny_cfg(tmp_path, mask="pink"))
+        run(tiny_cfg(tmp_path, mask="pink"))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        train(tiny_cfg(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
+        run(tiny_cfg(tmp_path, dataset="imagefolder", data_root=str(tmp_path / "nowhere")))
     with pytest.raises(ValueError, match="preset="):
-        train(tiny_cfg(tmp_path, preset="vit_gigantic"))
+        run(tiny_cfg(tmp_path, preset="vit_gigantic"))
     with pytest.raises(ValueError, match="amp="):
-        train(tiny_cfg(tmp_path, amp="fp8"))
+        run(tiny_cfg(tmp_path, amp="fp8"))
     assert not built
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "checkpoint-last.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="checkpoint .*checkpoint-last.pth is corrupt"):
-        train(tiny_cfg(tmp_path, resume="auto"))
+        run(tiny_cfg(tmp_path, resume="auto"))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        train(tiny_cfg(tmp_path, resume=str(tmp_path / "missing.pth")))
+        run(tiny_cfg(tmp_path, resume=str(tmp_path / "missing.pth")))
 
 
 def test_corrupt_image_is_named(tmp_path):
@@ -90,18 +90,18 @@ def test_corrupt_image_is_named(tmp_path):
     (tmp_path / "data" / "train" / "b" / "broken.jpg").write_bytes(b"\x00garbage")
     cfg = tiny_cfg(tmp_path / "run", dataset="imagefolder", data_root=str(tmp_path / "data"), epochs=1, batch_size=17)
     with pytest.raises(OSError, match="broken.jpg"):
-        train(cfg)
-    cfg.skip_corrupt, cfg.batch_size = True, 8
-    summary = train(cfg)
+        run(cfg)
+    cfg.skip_corrupt, cfg.batch_size, cfg.max_corrupt_fraction, cfg.overwrite = True, 8, 0.1, True
+    summary = run(cfg)
     assert any("broken.jpg" in name for name in summary["skipped_images"])
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    train(tiny_cfg(tmp_path, epochs=1))
+    run(tiny_cfg(tmp_path, epochs=1))
     good = (tmp_path / "checkpoint-last.pth").read_bytes()
     monkeypatch.setattr(MaskedAutoencoder, "loss", lambda self, imgs, pred, mask: pred.sum() * float("nan"))
     with pytest.raises(FloatingPointError, match="loss is nan"):
-        train(tiny_cfg(tmp_path, epochs=2, resume="auto"))
+        run(tiny_cfg(tmp_path, epochs=2, resume="auto"))
     assert (tmp_path / "checkpoint-last.pth").read_bytes() == good
 
 
