@@ -8,11 +8,18 @@ Everything after ``--`` goes to ``colormae.pretrain`` (or ``--job finetune``) un
 exports torch.distributed's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) and calls the same
 ``main`` that torchrun would; on preemption or timeout the job requeues itself with
 ``--resume auto``, so it continues from ``checkpoint-last.pth``.
+
+``--cluster``: ``slurm`` (default; needs ``sbatch`` and ``srun`` on PATH, otherwise the launcher stops
+with one line, status 2), ``local`` (submitit's local executor: one background process per GPU on
+this machine, ``--gpus-per-node 0`` for one CPU process) or ``debug`` (runs the job now, in this
+process, and returns its result; an unexpected exception opens pdb post-mortem, submitit's debug mode).
+Only ``slurm`` adds ``--device cuda`` when the job's arguments name no device.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -38,15 +45,37 @@ class Job:
     def checkpoint(self):
         """Called by submitit on preemption/timeout: requeue the same job, resuming."""
         import submitit
-        argv = [a for a in self.argv]
-        if "--resume" in argv:
-            i = argv.index("--resume")
-            del argv[i:i + 2]
-        return submitit.helpers.DelayedSubmission(Job(self.job, argv + ["--resume", "auto"]))
+        return submitit.helpers.DelayedSubmission(Job(self.job, requeue_argv(self.argv)))
+
+
+def requeue_argv(argv: list[str]) -> list[str]:
+    """``argv`` with any ``--resume X`` / ``--resume=X`` replaced by ``--resume auto`` at the end."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--resume":
+            skip = True
+        elif not a.startswith("--resume="):
+            out.append(a)
+    return out + ["--resume", "auto"]
+
+
+def slurm_missing() -> str | None:
+    """None where Slurm's client commands are on PATH, else the message the launcher exits with."""
+    for cmd in ("sbatch", "srun"):
+        if shutil.which(cmd) is None:
+            return f"Slurm not found (no {cmd} on PATH); use --cluster local to run on this machine"
+    return None
 
 
 def _output_dir(argv: list[str]) -> str:
-    return argv[argv.index("--output-dir") + 1] if "--output-dir" in argv else "results/slurm"
+    for i, a in enumerate(argv):
+        if a == "--output-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--output-dir="):
+            return a.split("=", 1)[1]
+    return "results/slurm"
 
 
 def main(argv: list[str] | None = None):
@@ -63,9 +92,12 @@ def main(argv: list[str] | None = None):
     p.add_argument("--timeout-min", type=int, default=60 * 72)
     p.add_argument("--job-name", default="colormae")
     p.add_argument("--log-dir", default=None, help="default: <output-dir>/slurm")
-    p.add_argument("--cluster", default=None, choices=("slurm", "local", "debug"),
-                   help="submitit cluster (default: slurm if available, else local); debug runs in-process")
+    p.add_argument("--cluster", default="slurm", choices=("slurm", "local", "debug"),
+                   help="slurm (default), local (background processes on this machine) or debug "
+                        "(runs now, in this process, and returns the result)")
     args = p.parse_args(ours)
+    if args.cluster == "slurm" and (msg := slurm_missing()):
+        p.exit(2, f"{p.prog}: {msg}\n")
     try:
         import submitit
     except ImportError as e:
@@ -73,7 +105,7 @@ def main(argv: list[str] | None = None):
 
     log_dir = Path(args.log_dir or Path(_output_dir(rest)) / "slurm")
     executor = submitit.AutoExecutor(folder=str(log_dir / "%j"), cluster=args.cluster)
-    params = dict(nodes=args.nodes, tasks_per_node=args.gpus_per_node, gpus_per_node=args.gpus_per_node,
+    params = dict(nodes=args.nodes, tasks_per_node=max(1, args.gpus_per_node), gpus_per_node=args.gpus_per_node,
                   cpus_per_task=args.cpus_per_task, timeout_min=args.timeout_min, name=args.job_name,
                   slurm_partition=args.partition, slurm_signal_delay_s=120)
     if args.mem_gb:
@@ -81,9 +113,16 @@ def main(argv: list[str] | None = None):
     if args.account:
         params["slurm_account"] = args.account
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
-    job = executor.submit(Job(args.job, rest if "--device" in rest else rest + ["--device", "cuda"]))
+    names_device = any(a == "--device" or a.startswith("--device=") for a in rest)
+    job = executor.submit(Job(args.job, rest if names_device or args.cluster != "slurm" else rest + ["--device", "cuda"]))
     logging.basicConfig(level=logging.INFO)
-    log.info("submitted job %s; logs in %s", job.job_id, log_dir)
+    if args.cluster == "debug":
+        log.info("debug cluster: running the %s job in this process", args.job)
+        result = job.result()  # submitit's DebugExecutor runs the job here
+        run_dir = (result.get("config") or {}).get("output_dir") if isinstance(result, dict) else None
+        log.info("debug job done; summary in %s", Path(run_dir or _output_dir(rest)) / "summary.json")
+        return result
+    log.info("submitted %s job %s (%s); logs in %s", args.job, job.job_id, args.cluster, log_dir)
     return job
 
 
