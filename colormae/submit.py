@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None):
         params["slurm_account"] = args.account
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     names_device = any(a == "--device" or a.startswith("--device=") for a in rest)
-    job = executor.submit(Job(args.job, rest if names_device or args.cluster != "slurm" else rest + ["--device", "cuda"]))
+    job_argv = rest + ["--device", "cuda"] if args.cluster == "slurm" and not names_device else rest
+    job = executor.submit(Job(args.job, job_argv))
     logging.basicConfig(level=logging.INFO)
     if args.cluster == "debug":
         log.info("debug cluster: running the %s job in this process", args.job)
