@@ -246,14 +246,18 @@ class Run:
         return self._signal is not None
 
     # -- the end -----------------------------------------------------------------------------------
-    def summary_base(self, total_steps: int, step: int, finished: bool, **extra) -> dict:
+    def summary_base(self, total_steps: int, step: int, finished: bool, artifacts: tuple[str, ...] = (LAST,),
+                     **extra) -> dict:
         """The summary fields every engine writes. ``final_loss`` is the mean training loss of the
-        last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's."""
+        last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's. ``artifacts``:
+        the files a finished run must still hold to count as finished (see rundir.finished_summary)."""
         cfg = asdict(self.cfg)
         cfg["output_dir"] = repo_relative(self.dir.path)
         return {"engine": self.engine, "config": cfg, "environment": environment_info(self.device),
                 "world_size": self.info.world_size, "steps": step, "total_steps": total_steps, "finished": finished,
-                "final_loss": self.last_epoch_loss, "last_batch_loss": self.last_batch_loss,
+                "final_loss": self.last_epoch_loss,
+                "last_batch_loss": self.last_batch_loss if math.isfinite(self.last_batch_loss) else None,
+                "artifacts": list(artifacts),
                 "wall_time_s": self.wall_time_s, "images_per_s": self.images_per_s,
                 "session_wall_time_s": self.timer.elapsed, "peak_memory_bytes": peak_memory_bytes(self.device),
                 **extra}

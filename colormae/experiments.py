@@ -25,7 +25,7 @@ from .config import differences
 from .engine import cli_main
 from .evaluate import evaluate_frozen
 from .pretrain import PretrainConfig, validate
-from .rundir import atomic_write, read_json, repo_relative, write_json
+from .rundir import RunDir, atomic_write, check_same_experiment, read_json, repo_relative, write_json
 from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,9 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
     cfg = PretrainConfig(**{**spec.pretrain, "mask": mask, "seed": seed, "output_dir": repo_relative(run_dir),
                             "resume": "auto", "device": device})
-    summary = pretrain.run(cfg)
     eval_path = run_dir / "eval.json"
-    if eval_path.exists():
+    if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
+        check_same_experiment(RunDir(run_dir).read_config() or {}, cfg, run_dir)
         rec = read_json(eval_path)
         changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
         if changed:
@@ -69,6 +69,7 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
                              + "): choose another --out for a grid with these settings")
         log.info("%s seed %d: done, reusing %s", mask, seed, repo_relative(eval_path))
         return rec
+    summary = pretrain.run(cfg)
     timer = Timer()
     ev = evaluate_frozen(run_dir, cfg.dataset, cfg.data_root, device=device if device != "auto" else "cpu",
                          seed=seed, **spec.evaluate)

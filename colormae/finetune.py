@@ -350,7 +350,7 @@ def frozen(cfg: FinetuneConfig) -> dict:
             key = "knn" if cfg.protocol == "knn" else "linprobe"
             r.dir.write_config(cfg)
             r.images_seen = result["num_train"] + result["num_test"]
-            summary = r.summary_base(0, 0, True, protocol=cfg.protocol, top1=result[f"{key}_top1"],
+            summary = r.summary_base(0, 0, True, artifacts=(), protocol=cfg.protocol, top1=result[f"{key}_top1"],
                                      top5=result[f"{key}_top5"], **result,
                                      encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")})
             summary["wall_time_s"] = timer.elapsed

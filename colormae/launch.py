@@ -49,3 +49,26 @@ def run_engine(engine: str, params: Mapping[str, Any], nproc: int = 1) -> dict:
     log.info("running %s", " ".join(cmd))
     subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     return RunDir(cfg.output_dir).read_summary()
+
+
+def pretrained_encoder(encoder: str, *, default: str, pretrain_if_missing: bool = True,
+                       pretrain_params: Mapping[str, Any] | None = None) -> str:
+    """The encoder a notebook evaluates, as a path. When ``encoder`` is the notebook's own
+    ``default`` (notebook 01's run directory) and holds no weights, that default pretraining is run
+    (or resumed) there first; any other missing path is an error naming it, so a typo never turns
+    into a freshly trained model."""
+    from .rundir import ENCODER
+    from .runtime import project_path
+    path = project_path(encoder)
+    if path.is_file() or (path / ENCODER).is_file():
+        return str(path)
+    if path != project_path(default):
+        raise FileNotFoundError(f"encoder {path} not found (a run directory with {ENCODER}, an {ENCODER} or a "
+                                f"checkpoint). Only the notebook's default, {default}, is pretrained when missing.")
+    if not pretrain_if_missing:
+        raise FileNotFoundError(f"encoder {path} has no {ENCODER}: run notebook 01 (papermill "
+                                "notebooks/01_pretrain.ipynb out.ipynb) or set pretrain_if_missing=True")
+    log.warning("%s has no %s (weights are not committed): running notebook 01's default pretraining there",
+                path, ENCODER)
+    run_engine("pretrain", {"output_dir": str(path), "resume": "auto", **(pretrain_params or {})})
+    return str(path)

@@ -25,7 +25,7 @@ from .config import EngineConfig, check_choice, check_positive, config_from_args
 from .engine import cli_main, start_run, train_loader
 from .masking import COLORS, KINDS, SOURCES, Masker, make_masker
 from .model import PRESETS, MaskedAutoencoder, export_encoder, get_config
-from .rundir import ENCODER, save_torch
+from .rundir import ENCODER, LAST, save_torch
 from .runtime import autocast, grad_scaler, wrap_ddp
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def run(cfg: PretrainConfig) -> dict:
             save_torch(export_encoder(model), r.dir.file(ENCODER))
 
         summary = r.summary_base(
-            total_steps, step, finished, mae_config=asdict(mcfg), effective_batch=eff_batch, lr=lr,
+            total_steps, step, finished, artifacts=(LAST, ENCODER), mae_config=asdict(mcfg), effective_batch=eff_batch, lr=lr,
             epochs_done=epoch + batch_in_epoch / batches_per_epoch, masks=[m.describe() for _, m in maskers],
             num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset))
         return r.finish(summary)

@@ -310,12 +310,22 @@ def resolve_resume(cfg, run_dir: RunDir) -> Path | None:
 
 
 def finished_summary(cfg, run_dir: RunDir) -> dict | None:
-    """The summary of a finished run with the same experiment and epoch count, else None."""
+    """The summary of a finished run with the same experiment and epoch count, else None.
+
+    A finished run whose files are gone (weights are git-ignored: a fresh clone has summaries
+    without checkpoints) is not finished for this purpose: it is computed again, the same
+    experiment, so its consumers (notebooks, evaluations) find what they need."""
     summary = run_dir.read_summary()
     if cfg.resume is None or not summary or not summary.get("finished"):
         return None
     if summary.get("config", {}).get("epochs") != getattr(cfg, "epochs", None):
         return None  # epochs grew: the run goes on
+    needed = summary.get("artifacts", [LAST] if "total_steps" in summary else [])
+    missing = [name for name in needed if not run_dir.file(name).exists()]
+    if missing:
+        log.warning("%s finished, but %s are missing (weights are not committed): computing the run again",
+                    run_dir.path, ", ".join(missing))
+        return None
     return summary
 
 
