@@ -11,11 +11,16 @@ Three dataset names (``DATASETS``), all built by ``build_dataset`` and all retur
   an extracted ``<split>/<class>/`` tree, or torchvision's ``cifar-10-batches-py``.
 * ``imagefolder``: any ImageNet-style tree with ``train/`` and ``val/``.
 
-A corrupt or unreadable image raises ``CorruptImageError`` naming the file. With
-``skip_corrupt=True`` it is replaced by the next readable sample and recorded in a byte-per-sample
-array in shared memory, created in the dataset's constructor: DataLoader workers inherit it (fork)
-or receive it while being spawned (spawn/forkserver), so ``skipped_images(dataset)`` read in the
-main process sees what every worker skipped.
+A corrupt or unreadable image (undecodable or truncated data, a FIFO or device named ``.jpg``)
+raises ``CorruptImageError`` naming the file. With ``skip_corrupt=True`` it is replaced by the next
+readable sample and recorded in a byte-per-sample array in shared memory, created in the dataset's
+constructor: DataLoader workers inherit it (fork) or receive it while being spawned
+(spawn/forkserver), so ``skipped_images(dataset)`` read in the main process sees what every worker
+skipped, and ``check_corrupt_fraction`` stops a run that skips too many.
+
+Data that is wrong must not look right: 16-bit images are scaled to 8 bits (not clipped at 255),
+pixel modes without a known range are an error, a truncated tar is an error, and a CIFAR-10 copy
+whose size differs from the real one (``KNOWN_SIZES``) is an error naming the file and both counts.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import io
 import logging
 import multiprocessing as mp
 import os
+import stat
 import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -43,6 +49,13 @@ SPLITS = ("train", "test", "val")  # "test" and "val" both mean the held-out spl
 EMBEDDED_LENGTH = {"train": 2048, "test": 512}
 EMBEDDED_SEED = {"train": 0, "test": 1}  # different seeds: the test crops are not the train crops
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Images per split of the data sets whose real size is known. A dataset that has all of
+# CIFAR-10's classes (so it claims to be CIFAR-10) must have exactly this many images; small
+# synthetic copies with fewer classes (tests) are not checked.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+KNOWN_SIZES = {"cifar10": {"train": 50_000, "test": 10_000}}
+SKIP_CORRUPT_HINT = ("to skip unreadable images and count them instead, pass --skip-corrupt "
+                     "(build_dataset(..., skip_corrupt=True))")
 
 # Loader name in skimage.data -> file it reads. Only photographs that ship inside the wheel: any
 # other skimage image is fetched with pooch (a download, or a silent pytest skip when offline).
@@ -96,23 +109,58 @@ class CorruptImageError(OSError):
         return type(self), (self.args[0], self.filename)
 
 
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+_SIXTEEN_BIT_AS_I = ("PNG", "PPM")  # formats whose mode "I" holds 16-bit grey scaled to 0-65535
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB with the full range kept: 16-bit grey (I;16*: 16-bit PNG / TIFF; mode I from a
+    16-bit PGM) is scaled by 255 / 65535 instead of being clipped at 255 (PIL's ``convert`` would
+    turn almost every pixel white). Other 32-bit integer or float pixels have no known range: an
+    error, not a guess."""
+    if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and img.format in _SIXTEEN_BIT_AS_I):
+        a = np.asarray(img).astype(np.float64)
+        return Image.fromarray(np.round(a * (255.0 / 65535.0)).astype(np.uint8), mode="L").convert("RGB")
+    if img.mode in ("I", "F"):
+        raise CorruptImageError(f"cannot read image {name}: pixel mode {img.mode} (32-bit "
+                                f"{'integer' if img.mode == 'I' else 'float'}) has no known range; "
+                                "convert it to 8 or 16 bits per channel", name)
+    return img.convert("RGB")  # convert() forces the decode, so truncation shows up here
+
+
 def _decode(fp, name: str) -> Image.Image:
     """Open and fully decode an image as RGB, or raise CorruptImageError naming ``name``."""
     try:
         with Image.open(fp) as img:
-            return img.convert("RGB")  # convert() forces the decode, so truncation shows up here
+            img.load()  # decode everything now: truncated scan data raises here
+            return _to_rgb(img, name)
+    except CorruptImageError:
+        raise
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, struct.error, ...)
         raise CorruptImageError(f"cannot read image {name}: {type(err).__name__}: {err}", name) from err
 
 
 def _open_rgb(path: str) -> Image.Image:
+    """Decode the regular file ``path``. A FIFO, device or socket named like an image is rejected
+    without reading it: opened non-blocking (a FIFO without a writer would block forever) and
+    checked with fstat."""
     try:
-        with open(path, "rb") as f:
-            return _decode(f, path)
-    except CorruptImageError:
-        raise
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:  # permission denied, vanished file, ...
         raise CorruptImageError(f"cannot read image {path}: {err}", path) from err
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+                    else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                    else "not a regular file")
+            raise CorruptImageError(f"cannot read image {path}: it is {kind}, not a regular file", path)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return _decode(f, path)
 
 
 class _SkipCorrupt:
@@ -141,7 +189,7 @@ class _SkipCorrupt:
                 break
             except CorruptImageError as err:
                 if not self.skip_corrupt:
-                    raise
+                    raise CorruptImageError(f"{err} ({SKIP_CORRUPT_HINT})", err.filename) from err
                 if not self._skipped[i]:
                     logger.warning("skipping corrupt image (%s)", err)
                 self._skipped[i] = 1
@@ -176,13 +224,20 @@ class TarImageFolder(_SkipCorrupt, Dataset):
                  labeled: bool = True, skip_corrupt: bool = False):
         self.tar_path = str(tar_path)
         self.transform, self.labeled = transform, labeled
+        every, cut_error = [], None
         try:
             with tarfile.open(self.tar_path, "r:") as tf:  # "r:": offsets only mean something uncompressed
-                members = [m for m in tf.getmembers()
-                           if m.isreg() and m.name.lower().endswith(IMG_EXTENSIONS)]
+                try:
+                    for m in tf:
+                        every.append(m)
+                except tarfile.ReadError as err:  # "unexpected end of data": cut inside a member
+                    cut_error = err
+                end = tf.offset  # where tarfile stopped: the end-of-archive block, if the tar is whole
         except tarfile.ReadError as err:
             raise ValueError(f"{self.tar_path} is not a readable uncompressed tar ({err}); "
                              "extract it or repack it with plain `tar -cf`") from err
+        members = [m for m in every if m.isreg() and m.name.lower().endswith(IMG_EXTENSIONS)]
+        self._check_complete(every, end, members, cut_error)
         if not members:
             raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) inside {self.tar_path}")
         members.sort(key=lambda m: m.name)
@@ -195,6 +250,23 @@ class TarImageFolder(_SkipCorrupt, Dataset):
         self.targets = [self.class_to_idx[c] for c in class_of]
         self._fh, self._fh_pid = None, None
         self._init_skip(len(self.names), skip_corrupt)
+
+    def _check_complete(self, every: list, end: int, members: list, cut_error: Exception | None) -> None:
+        """A cut tar must not read as a shorter one (tarfile stops quietly at a cut between
+        members): the members' data must all be in the file and the end-of-archive block follow."""
+        size = os.path.getsize(self.tar_path)
+        cut = next((m for m in every if m.offset_data + m.size > size), None)
+        if cut is None and every and cut_error is not None:
+            cut = every[-1]  # tarfile gave up while skipping past the last member's data
+        with open(self.tar_path, "rb") as f:
+            f.seek(end)
+            marker = f.read(tarfile.BLOCKSIZE)
+        if cut is not None or len(marker) < tarfile.BLOCKSIZE or marker.count(0) != tarfile.BLOCKSIZE:
+            where = (f"it ends inside member {cut.name}" if cut is not None
+                     else f"no end-of-archive block after {len(every)} members")
+            complete = sum(1 for m in members if m is not cut)
+            raise ValueError(f"{self.tar_path} is truncated ({size:,} bytes; {where}): "
+                             f"{complete:,} complete images before the cut. Copy or download the file again.")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -368,6 +440,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
             ds.labeled = labeled  # pickled arrays: nothing can be corrupt, skip_corrupt is moot
         else:
             raise FileNotFoundError(f"no cifar10 {split} split in {root}; expected there: {expected}")
+        source = tar if tar is not None else folder if folder is not None else root / "cifar-10-batches-py"
+        _check_known_size(ds, name, "test" if held_out else "train", source)
     else:
         if not root.is_dir():
             raise FileNotFoundError(f"imagefolder root {root} does not exist; expected train/ and val/ there")
@@ -380,6 +454,19 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
         # Evenly spaced, not the first `length`: folders are sorted by class, so this keeps all classes.
         ds = _Subset(ds, np.linspace(0, len(ds) - 1, length).round().astype(int).tolist())
     return ds
+
+
+def _check_known_size(ds: Dataset, name: str, split: str, source: Path) -> None:
+    """A copy of a data set with a known size (``KNOWN_SIZES``) that has all its classes must have
+    exactly that many images: fewer means a cut download or a half-extracted tree, never data to
+    train on. Copies with fewer classes (small synthetic test sets) are not checked."""
+    known = KNOWN_SIZES.get(name, {}).get(split)
+    if known is None or set(getattr(ds, "classes", ())) != set(CIFAR10_CLASSES):
+        return
+    if len(ds) != known:
+        raise ValueError(f"{source}: {len(ds):,} images, but {name} {split} has {known:,}: "
+                         f"the copy is {'incomplete' if len(ds) < known else 'not the original'} "
+                         "(a truncated tar or a partly extracted folder?). Copy or download it again.")
 
 
 def _unwrap(dataset: Dataset) -> Dataset:
@@ -401,6 +488,25 @@ def num_classes(dataset: Dataset) -> int:
 def skipped_images(dataset: Dataset) -> list[str]:
     """Files skipped as corrupt so far (by all DataLoader workers); [] when nothing can be skipped."""
     return list(getattr(_unwrap(dataset), "skipped_names", []))
+
+
+def check_corrupt_fraction(dataset: Dataset, max_fraction: float = 0.01) -> None:
+    """Raise ValueError, listing the skipped files, when more than ``max_fraction`` of ``dataset``
+    was skipped as corrupt (``skip_corrupt=True``); a dataset that skips nothing passes.
+
+    The fraction is the number of distinct skipped files over ``len(dataset)`` (one epoch's
+    samples). Meant to be called after each epoch, so a run over a badly damaged copy stops
+    instead of training on whatever is left.
+    """
+    if not 0 <= max_fraction <= 1:
+        raise ValueError(f"max_fraction={max_fraction} must be in [0, 1]")
+    skipped = skipped_images(dataset)
+    n = len(dataset)
+    if n and len(skipped) > max_fraction * n:
+        shown = "\n  ".join(skipped[:50]) + (f"\n  ... and {len(skipped) - 50} more" if len(skipped) > 50 else "")
+        raise ValueError(f"{len(skipped)} of {n} images ({len(skipped) / n:.2%}) were skipped as corrupt, "
+                         f"more than the allowed {max_fraction:.2%} (--max-corrupt-fraction); "
+                         f"skipped:\n  {shown}")
 
 
 def sample_images(name: str, root: str | os.PathLike | None, split: str, img_size: int, n: int,

@@ -1,5 +1,6 @@
 """Datasets and transforms: embedded photos, CIFAR tars, ImageFolders, corrupt images, errors."""
 import io
+import os
 import pickle
 import socket
 import tarfile
@@ -12,8 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from colormae import data
-from colormae.data import (CorruptImageError, build_dataset, default_data_root, eval_transform,
-                           num_classes, pretrain_transform, skipped_images)
+from colormae.data import (CIFAR10_CLASSES, CorruptImageError, build_dataset, check_corrupt_fraction,
+                           default_data_root, eval_transform, num_classes, pretrain_transform, skipped_images)
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 CLASSES = ("cat", "dog", "frog")
@@ -35,12 +36,14 @@ def _make_tree(root: Path, split: str, per_class: int = 4, corrupt: str | None =
         (root / split / corrupt).write_bytes(b"this is not a jpeg" * 10)
 
 
-def _make_tar(root: Path, split: str, per_class: int = 4, corrupt: str | None = None) -> Path:
+def _make_tar(root: Path, split: str, per_class: int = 4, corrupt: str | None = None,
+              extra: dict[str, bytes] | None = None, classes=CLASSES) -> Path:
     """A tar in the layout of /work/shared/data/cifar10: <split>/<class>/<NNNN>.jpg."""
     members = {f"{split}/{cls}/{i:04d}.jpg": _jpeg_bytes(10 * c + i)
-               for c, cls in enumerate(CLASSES) for i in range(per_class)}
+               for c, cls in enumerate(classes) for i in range(per_class)}
     if corrupt:
         members[f"{split}/{corrupt}"] = b"garbage bytes" * 20
+    members.update(extra or {})
     path = root / f"{split}.tar"
     with tarfile.open(path, "w") as tf:
         for name, payload in members.items():
@@ -203,6 +206,149 @@ def test_corrupt_tar_member_skipped_with_spawn_workers(tmp_path):
     # skip record survive pickling; fork workers are covered above.
     xs, ys = _collect(ds, num_workers=1, multiprocessing_context="spawn")
     assert len(xs) == 7 and skipped_images(ds) == [f"{tmp_path / 'train.tar'}:train/cat/9999.jpg"]
+
+
+def _truncated(fmt: str) -> bytes:
+    """A valid image file cut inside its compressed data: the header still reads, the pixels not."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buf, format=fmt)
+    whole = buf.getvalue()
+    cut = whole[:len(whole) * 2 // 3]
+    Image.open(io.BytesIO(cut))  # the header is valid: PIL identifies the cut file...
+    with pytest.raises(OSError):  # ...and fails while decoding it (not UnidentifiedImageError)
+        Image.open(io.BytesIO(cut)).load()
+    return cut
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png")])
+def test_truncated_image_in_folder(tmp_path, fmt, ext):
+    _make_tree(tmp_path, "train", per_class=2)
+    (tmp_path / "train" / "dog" / f"cut.{ext}").write_bytes(_truncated(fmt))
+    ds = build_dataset("imagefolder", tmp_path, "train", eval_transform(32))
+    bad = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith(f"cut.{ext}"))
+    with pytest.raises(CorruptImageError, match=f"dog/cut.{ext}") as err:
+        ds[bad]
+    assert err.value.filename == str(tmp_path / "train" / "dog" / f"cut.{ext}")
+    assert "--skip-corrupt" in str(err.value)  # the error says how to go on
+    ds = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True)
+    assert len(_collect(ds)[0]) == 7 and skipped_images(ds) == [str(tmp_path / "train" / "dog" / f"cut.{ext}")]
+
+
+@pytest.mark.parametrize("fmt, ext", [("JPEG", "jpg"), ("PNG", "png")])
+def test_truncated_image_in_tar(tmp_path, fmt, ext):
+    _make_tar(tmp_path, "train", per_class=2, extra={f"train/dog/cut.{ext}": _truncated(fmt)})
+    ds = build_dataset("cifar10", tmp_path, "train", eval_transform(32))
+    with pytest.raises(CorruptImageError, match=f"train.tar:train/dog/cut.{ext}") as err:
+        _collect(ds)
+    assert err.value.filename == f"{tmp_path / 'train.tar'}:train/dog/cut.{ext}"
+    assert "--skip-corrupt" in str(err.value)
+    ds = build_dataset("cifar10", tmp_path, "train", eval_transform(32), skip_corrupt=True)
+    assert len(_collect(ds, num_workers=2)[0]) == 7 and ds.num_skipped == 1
+    assert skipped_images(ds) == [f"{tmp_path / 'train.tar'}:train/dog/cut.{ext}"]
+
+
+def test_corrupt_fraction_ceiling(tmp_path):
+    _make_tree(tmp_path, "train", per_class=3, corrupt="dog/bad.jpg")  # 1 corrupt of 10
+    ds = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True)
+    check_corrupt_fraction(ds)  # nothing skipped yet
+    _collect(ds)
+    check_corrupt_fraction(ds, 0.1)  # 10 % skipped: at the ceiling, allowed
+    with pytest.raises(ValueError, match=r"1 of 10 images \(10.00%\).*more than the allowed 5.00%") as err:
+        check_corrupt_fraction(ds, 0.05)
+    assert str(tmp_path / "train" / "dog" / "bad.jpg") in str(err.value)
+    with pytest.raises(ValueError, match="skipped"):
+        check_corrupt_fraction(ds)  # default 1 %
+    # a subset: the fraction is of the samples one epoch reads
+    sub = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True, length=5)
+    _collect(sub)
+    check_corrupt_fraction(sub, 0.2)
+    with pytest.raises(ValueError, match="must be in"):
+        check_corrupt_fraction(ds, 1.5)
+    plain = build_dataset("embedded", None, "train", eval_transform(32), img_size=32, length=4)
+    check_corrupt_fraction(plain, 0.0)  # nothing can be skipped
+
+
+def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
+    """I;16 PNG (and 16-bit PGM): 8-bit value = round(v * 255 / 65535), not min(v, 255)."""
+    values = (np.arange(32 * 32, dtype=np.float64).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    Image.fromarray(values).save(tmp_path / "train" / "cat" / "deep.png")
+    assert Image.open(tmp_path / "train" / "cat" / "deep.png").mode == "I;16"
+    header = b"P5\n32 32\n65535\n"
+    (tmp_path / "train" / "cat" / "deep.pgm").write_bytes(header + values.astype(">u2").tobytes())
+    ds = build_dataset("imagefolder", tmp_path, "train", None)
+    expected = np.round(values * (255 / 65535)).astype(np.uint8)
+    for i in range(2):
+        img = np.asarray(ds[i][0])
+        assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+        assert np.array_equal(img[..., 0], expected) and np.array_equal(img[..., 2], expected)
+        assert (img == 255).mean() < 0.01  # before: 99.6 % of the pixels were 255
+
+
+def test_float_images_are_an_error(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    Image.fromarray(np.ones((8, 8), dtype=np.float32)).save(tmp_path / "train" / "cat" / "float.tif")
+    ds = build_dataset("imagefolder", tmp_path, "train", None)
+    with pytest.raises(CorruptImageError, match="float.tif.*pixel mode F"):
+        ds[0]
+
+
+@pytest.mark.timeout(30)
+def test_fifo_named_jpg_is_rejected_not_waited_on(tmp_path):
+    """A FIFO without a writer would block open() forever; it is an unreadable image instead."""
+    _make_tree(tmp_path, "train", per_class=2)
+    fifo = tmp_path / "train" / "dog" / "pipe.jpg"
+    os.mkfifo(fifo)
+    ds = build_dataset("imagefolder", tmp_path, "train", eval_transform(32))
+    bad = next(i for i, (p, _) in enumerate(ds.samples) if p.endswith("pipe.jpg"))
+    with pytest.raises(CorruptImageError, match="pipe.jpg: it is a FIFO, not a regular file"):
+        ds[bad]
+    ds = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True)
+    assert len(_collect(ds, num_workers=2)[0]) == 7 and skipped_images(ds) == [str(fifo)]
+    # inside a tar, only regular members are images
+    (tmp_path / "tarred").mkdir()
+    path = _make_tar(tmp_path / "tarred", "train", per_class=2)
+    with tarfile.open(path, "a") as tf:
+        info = tarfile.TarInfo("train/dog/pipe.jpg")
+        info.type = tarfile.FIFOTYPE
+        tf.addfile(info)
+    assert len(build_dataset("cifar10", tmp_path / "tarred", "train", None)) == 6
+
+
+# ------------------------------------------------------------------------------ sizes, truncation
+def test_cifar10_with_fewer_images_than_its_known_size(tmp_path):
+    """All ten CIFAR-10 classes (so: CIFAR-10) but 2 images each: an error naming file and counts."""
+    _make_tar(tmp_path, "train", per_class=2, classes=CIFAR10_CLASSES)
+    with pytest.raises(ValueError, match=r"train\.tar: 20 images, but cifar10 train has 50,000: the copy is incomplete"):
+        build_dataset("cifar10", tmp_path, "train", None)
+    _make_tree(tmp_path / "tree", "test", per_class=1)
+    for cls in CIFAR10_CLASSES:
+        (tmp_path / "tree" / "test" / cls).mkdir(exist_ok=True)
+        (tmp_path / "tree" / "test" / cls / "x.jpg").write_bytes(_jpeg_bytes(1))
+    with pytest.raises(ValueError, match=r"test: 13 images, but cifar10 test has 10,000"):
+        build_dataset("cifar10", tmp_path / "tree", "val", None)
+    # synthetic copies with fewer classes are not held to CIFAR-10's size
+    (tmp_path / "small").mkdir()
+    _make_tar(tmp_path / "small", "train", per_class=2)
+    assert len(build_dataset("cifar10", tmp_path / "small", "train", None)) == 6
+
+
+@pytest.mark.parametrize("where", ["inside a member", "between members"])
+def test_truncated_tar_is_an_error(tmp_path, where):
+    path = _make_tar(tmp_path, "train", per_class=4)
+    with tarfile.open(path) as tf:
+        members = tf.getmembers()
+    m = members[7]
+    cut = m.offset_data + m.size // 2 if where == "inside a member" else members[8].offset
+    path.write_bytes(path.read_bytes()[:cut])
+    if where == "between members":
+        with tarfile.open(path) as tf:  # tarfile itself reads this cut tar as a shorter one, quietly
+            assert len(tf.getmembers()) == 8
+    detail = f"it ends inside member {m.name}" if where == "inside a member" else "no end-of-archive block after 8 members"
+    with pytest.raises(ValueError, match=rf"train\.tar is truncated \({cut:,} bytes; {detail}\): "
+                                         rf"{7 if where == 'inside a member' else 8} complete images before the cut"):
+        build_dataset("cifar10", tmp_path, "train", None)
 
 
 # ---------------------------------------------------------------------------------------- errors
