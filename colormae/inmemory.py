@@ -164,18 +164,22 @@ def _load_cache(path: Path, stamp: str, n: int) -> InMemoryImages | None:
 
 def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
                      cache_dir: str | os.PathLike | None = None, img_size: int | None = None,
-                     length: int | None = None) -> InMemoryImages:
+                     length: int | None = None, skip_corrupt: bool = False) -> InMemoryImages:
     """Decode ``build_dataset(name, root, split, None, length=, img_size=)`` once into memory.
 
     Cached in ``cache_dir`` (default ``default_cache_dir()``) as a ``.pt`` keyed by the source files'
     size and mtime and the dataset's length; stale, partial or corrupt caches are rebuilt. All images
     must have one size (``img_size`` sets it for ``embedded``); otherwise use the per-file pipeline.
+    A corrupt image raises ``data.CorruptImageError``; with ``skip_corrupt`` it is replaced by the
+    next readable sample, as ``build_dataset`` does.
     """
-    ds = data_lib.build_dataset(name, root, split, None, labeled=True, length=length, img_size=img_size)
+    ds = data_lib.build_dataset(name, root, split, None, labeled=True, length=length, img_size=img_size,
+                                skip_corrupt=skip_corrupt)
     n, stamp = len(ds), _source_stamp(ds)
     if root is None and name == "cifar10":  # the same files under either spelling -> the same cache
         root = data_lib.default_data_root() / "cifar10"
-    where = json.dumps([name, split, str(Path(root).resolve()) if root is not None else None, length, img_size])
+    where = json.dumps([name, split, str(Path(root).resolve()) if root is not None else None, length, img_size,
+                        skip_corrupt])
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"{name}-{split}-{hashlib.sha256(where.encode()).hexdigest()[:16]}.pt"
     cached = _load_cache(path, stamp, n)
@@ -194,6 +198,9 @@ def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
                              f"{width}x{height}; decode_to_memory needs one image size (use pipeline='files')")
         images[i] = torch.from_numpy(np.array(img, dtype=np.uint8).transpose(2, 0, 1))
         labels[i] = target
+    if skipped := data_lib.skipped_images(ds):
+        logger.warning("%s %s: %d corrupt images replaced by their next readable sample: %s", name, split,
+                       len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     classes = list(getattr(_unwrap(ds)[0], "classes", []))
     try:
         _atomic_save({"format": CACHE_FORMAT, "source": stamp, "name": name, "split": split,

@@ -101,6 +101,18 @@ def test_deterministic_and_batch_split_invariant():
         im.TrainAugment(32)(x, None)
 
 
+def test_output_range_clipped_like_pil():
+    """Bicubic overshoots at hard edges; PIL clips to 0..255, so must we."""
+    board = np.kron(np.indices((8, 8)).sum(0) % 2, np.ones((4, 4)))[..., None].repeat(3, 2) * 255
+    imgs = [Image.fromarray(board.astype(np.uint8))] * 16
+    seeds = list(range(16))
+    ours, ref = im.TrainAugment(32)(as_tensor(imgs), seeds), _pil_batch(imgs, seeds, 32)
+    lo = (0 - torch.tensor(im.IMAGENET_DEFAULT_MEAN)) / torch.tensor(im.IMAGENET_DEFAULT_STD)
+    hi = (1 - torch.tensor(im.IMAGENET_DEFAULT_MEAN)) / torch.tensor(im.IMAGENET_DEFAULT_STD)
+    assert (ours.amin((0, 2, 3)) >= lo - 1e-5).all() and (ours.amax((0, 2, 3)) <= hi + 1e-5).all()
+    assert torch.allclose(ours.amin((0, 2, 3)), ref.amin((0, 2, 3)), atol=1e-5)
+
+
 def test_loader_ddp_equivalence_and_resume():
     """Two ranks' batches concatenated == one process; resuming at batch 2 gives batches 2.. exactly."""
     imgs = smooth_images(48)
@@ -222,8 +234,10 @@ def _corrupt_variants(path: Path) -> dict:
     return {"truncated": lambda: path.write_bytes(good[:len(good) // 2]),
             "garbage": lambda: path.write_bytes(b"not a torch file" * 10),
             "empty": lambda: path.write_bytes(b""),
-            "wrong count": lambda: resave(images=obj["images"][:5], labels=obj["labels"][:5],
-                                          checksum=im._checksum(obj["images"][:5], obj["labels"][:5])),
+            "fewer images": lambda: resave(images=obj["images"][:5],
+                                           checksum=im._checksum(obj["images"][:5], obj["labels"])),
+            "fewer labels": lambda: resave(labels=obj["labels"][:5],
+                                           checksum=im._checksum(obj["images"], obj["labels"][:5])),
             "bad checksum": flip_pixel,
             "no header": lambda: torch.save({"images": obj["images"]}, path),
             "wrong format": lambda: resave(format=-1)}
@@ -250,6 +264,20 @@ def test_corrupt_or_partial_cache_detected_and_rebuilt(tmp_path, caplog):
 def test_mixed_sizes_refused_with_pipeline_hint(tmp_path):
     write_folder(tmp_path, smooth_images(2, seed=6) + smooth_images(1, 40, 32, seed=7))
     with pytest.raises(ValueError, match="pipeline='files'"):
+        _decode(tmp_path, tmp_path / "cache", "imagefolder")
+
+
+def test_corrupt_image_named_or_skipped(tmp_path):
+    from colormae.data import CorruptImageError
+    imgs = smooth_images(6, seed=9)
+    write_folder(tmp_path, imgs)
+    bad = tmp_path / "train" / "dog" / "0002.png"
+    bad.write_bytes(b"\x89PNG garbage")
+    with pytest.raises(CorruptImageError, match="0002.png"):
+        _decode(tmp_path, tmp_path / "cache", "imagefolder")
+    got = im.decode_to_memory("imagefolder", tmp_path, "train", cache_dir=tmp_path / "cache", skip_corrupt=True)
+    assert torch.equal(got.images[2], as_tensor(imgs)[3])  # replaced by the next readable sample
+    with pytest.raises(CorruptImageError):  # that cache must not serve a call that did not ask to skip
         _decode(tmp_path, tmp_path / "cache", "imagefolder")
 
 
