@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler
 
 from . import data as data_lib
 from .config import check_common
@@ -288,6 +289,15 @@ def train_loader(dataset, cfg, info: DistInfo, device: torch.device, batch_size:
     loader = torch.utils.data.DataLoader(SeededSamples(dataset), batch_sampler=sampler, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda")
     return sampler, loader
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float) -> CosineLRScheduler:
+    """MAE's per-step schedule (util/lr_sched.py): linear warmup from 0, then a half cosine from the
+    base lr to ``min_lr`` over the remaining steps. timm's scheduler with ``warmup_prefix`` computes
+    exactly that; without it, the cosine would already be decaying during warmup."""
+    warmup_steps = min(warmup_steps, total_steps - 1)
+    return CosineLRScheduler(optimizer, t_initial=total_steps - warmup_steps, lr_min=min_lr, warmup_lr_init=0.0,
+                             warmup_t=warmup_steps, warmup_prefix=True, t_in_epochs=False)
 
 
 def cli_main(run: Callable, cfg) -> dict:

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.optim import Lars
-from timm.scheduler import CosineLRScheduler
 
 from . import data as data_lib
 from .config import AMP_MODES
+from .engine import cosine_schedule
 from .model import timm_vit_from_export
 from .rundir import load_encoder
 from .runtime import Timer, autocast, progress
@@ -185,8 +185,7 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
         opt = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9, weight_decay=0.0)
     total = steps_per_epoch * epochs
     warmup = int(min(warmup_epochs, epochs - 1) * steps_per_epoch)  # always leave some steps at full lr
-    sched = CosineLRScheduler(opt, t_initial=total, lr_min=0.0, warmup_t=warmup, warmup_lr_init=0.0,
-                              t_in_epochs=False)
+    sched = cosine_schedule(opt, total, warmup, 0.0)
     step, loss = 0, torch.tensor(float("nan"))
     head.train()
     for _ in range(epochs):

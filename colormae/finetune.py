@@ -38,13 +38,12 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, create_transform
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 
 from . import data as data_lib
 from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
-from .engine import cli_main, start_run, train_loader
+from .engine import cli_main, cosine_schedule, start_run, train_loader
 from .evaluate import (POOLS, LinearProbe, _topk_correct, check_compatible, evaluate_frozen, frozen_datasets,
                        lars_optimizer)
 from .model import timm_vit_from_export
@@ -250,8 +249,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             model.to(device)
             optimizer = lars_optimizer(model.head, lr, cfg.weight_decay)
             criterion = nn.CrossEntropyLoss()
-        scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.min_lr, warmup_lr_init=0.0,
-                                      warmup_t=int(cfg.warmup_epochs * steps_per_epoch), t_in_epochs=False)
+        scheduler = cosine_schedule(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
         scaler = grad_scaler(cfg.amp, device)
 
         step, epoch, batch_in_epoch, ckpt = r.restore(("evals", "num_classes"), model, optimizer, scaler)

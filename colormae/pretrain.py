@@ -18,11 +18,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
 
 from . import data as data_lib
 from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
-from .engine import cli_main, start_run, train_loader
+from .engine import cli_main, cosine_schedule, start_run, train_loader
 from .masking import COLORS, KINDS, SOURCES, Masker, make_masker
 from .model import PRESETS, MaskedAutoencoder, export_encoder, get_config
 from .rundir import ENCODER, LAST, save_torch
@@ -132,8 +131,7 @@ def run(cfg: PretrainConfig) -> dict:
         eff_batch = global_batch * cfg.accum_iter
         lr = cfg.blr * eff_batch / 256
         optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-        scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=cfg.min_lr, warmup_lr_init=0.0,
-                                      warmup_t=int(cfg.warmup_epochs * steps_per_epoch), t_in_epochs=False)
+        scheduler = cosine_schedule(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
         scaler = grad_scaler(cfg.amp, device)
         # the same mask seed on every rank: each rank draws the global batch's masks and takes its slice
         mask_gen = torch.Generator().manual_seed(cfg.seed + 1)

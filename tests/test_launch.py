@@ -41,3 +41,19 @@ def test_project_path_is_relative_to_the_repository_root(tmp_path):
     assert project_path("results/x") == ROOT / "results" / "x"
     assert project_path(tmp_path) == tmp_path
     assert (ROOT / "colormae" / "runtime.py").exists()
+
+
+def test_only_the_notebooks_default_encoder_is_pretrained_when_missing(tmp_path):
+    from colormae.launch import pretrained_encoder
+    default = tmp_path / "default_run"
+    with pytest.raises(FileNotFoundError, match="typo_run not found.*Only the notebook's default"):
+        pretrained_encoder(str(tmp_path / "typo_run"), default=str(default))
+    assert not (tmp_path / "typo_run").exists()  # a typo never turns into a freshly trained model
+    with pytest.raises(FileNotFoundError, match="has no encoder.pth: run notebook 01"):
+        pretrained_encoder(str(default), default=str(default), pretrain_if_missing=False)
+    micro = {"preset": "mae_vit_micro_patch4_32", "dataset_length": 32, "batch_size": 16, "epochs": 1, "amp": "none"}
+    assert pretrained_encoder(str(default), default=str(default), pretrain_params=micro) == str(default)
+    assert (default / "encoder.pth").exists()
+    stamp = (default / "encoder.pth").stat().st_mtime_ns
+    pretrained_encoder(str(default), default=str(default), pretrain_params=micro)  # present: used as it is
+    assert (default / "encoder.pth").stat().st_mtime_ns == stamp

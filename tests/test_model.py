@@ -84,11 +84,27 @@ def test_loss_falls_on_a_fixed_batch():
     assert losses[-1] < 0.3 * losses[0]
 
 
-def test_fixed_sincos_position_embeddings():
+def mae_sincos(dim: int, grid: int) -> torch.Tensor:
+    """MAE's get_2d_sincos_pos_embed (util/pos_embed.py), written out: [grid^2, dim], blocks
+    (sin x, cos x, sin y, cos y), x the column index, omega = 1 / 10000^(2i / (dim / 2))."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    ox, oy = xs.reshape(-1, 1) * omega, ys.reshape(-1, 1) * omega
+    return torch.cat([ox.sin(), ox.cos(), oy.sin(), oy.cos()], 1).float()
+
+
+def test_fixed_sincos_position_embeddings_are_maes_values():
     model = tiny_model()
     assert not model.pos_embed.requires_grad and not model.decoder_pos_embed.requires_grad
     assert model.pos_embed.shape == (1, 17, 32)
     assert torch.equal(model.pos_embed[0, 0], torch.zeros(32))
+    for pe, dim in ((model.pos_embed, 32), (model.decoder_pos_embed, model.cfg.decoder_embed_dim)):
+        ref = mae_sincos(dim, 4)
+        q = dim // 4  # ours, as documented in model._sincos: (sin y, sin x, cos y, cos x)
+        ours = pe[0, 1:]
+        reordered = torch.cat([ours[:, q:2 * q], ours[:, 3 * q:], ours[:, :q], ours[:, 2 * q:3 * q]], 1)
+        torch.testing.assert_close(reordered, ref, atol=1e-6, rtol=0)
 
 
 def test_paper_preset_shapes():
@@ -133,5 +149,9 @@ def test_reconstruct_pastes_visible_patches_back_and_figure_reports_mse():
     assert torch.equal(r["pasted"][visible], imgs[visible])  # visible pixels are the input's
     assert torch.equal(r["masked"][~visible], torch.zeros_like(imgs)[~visible])
     fig, mse = plot_reconstructions({"a": model}, imgs, masks)
-    assert mse["a"] == pytest.approx(float(r["loss"]))
+    # by hand: squared error of the reconstruction on masked patches only, per-patch mean, averaged
+    m = masks[0].bool()
+    err = ((patchify(r["reconstruction"], 4) - patchify(imgs, 4)) ** 2).mean(-1)
+    assert mse["a"] == pytest.approx(float(err[m].mean()), rel=1e-5)
+    assert mse["a"] != pytest.approx(float(err.mean()), rel=1e-3)  # visible patches are not counted
     assert len(fig.axes) == 3 * 2  # original, visible, one model; two images

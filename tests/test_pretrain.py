@@ -1,5 +1,6 @@
 """Pretraining engine: determinism, exact resume, DDP (gloo) agreement, clear errors."""
 import json
+import math
 
 import pytest
 import torch
@@ -48,6 +49,48 @@ def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path):
     a = load_checkpoint(tmp_path / "full" / "checkpoint-last.pth")["model"]
     b = load_checkpoint(tmp_path / "cut" / "checkpoint-last.pth")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def mae_lr(it: int, total: int, warmup: int, lr: float, min_lr: float = 0.0) -> float:
+    """MAE's util/lr_sched.adjust_learning_rate, per iteration."""
+    if it < warmup:
+        return lr * it / warmup
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (it - warmup) / (total - warmup)))
+
+
+def test_lr_schedule_is_maes_at_every_step(tmp_path):
+    from colormae.engine import cosine_schedule
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=1.0)
+    sched = cosine_schedule(opt, 100, 10, 1e-3)
+    for it in range(100):
+        sched.step_update(num_updates=it)
+        assert opt.param_groups[0]["lr"] == pytest.approx(mae_lr(it, 100, 10, 1.0, 1e-3), abs=1e-12), it
+    # and the engine uses it: the lr logged after step s is the lr of iteration s
+    run(tiny_cfg(tmp_path, epochs=2, warmup_epochs=0.5, blr=1e-3))
+    records = [r for r in read_metrics(tmp_path) if "lr" in r]
+    base = 1e-3 * 16 / 256
+    for r in records:
+        assert r["lr"] == pytest.approx(mae_lr(r["step"], 8, 2, base), rel=1e-9), r
+
+
+def test_mask_schedule_switches_the_masks_not_only_the_label(tmp_path, monkeypatch):
+    """green,blue@1: epoch 0 trains on green masks, epoch 1 on blue ones, drawn from the run's mask
+    generator (seed + 1) in order; replayed here with fresh maskers."""
+    from colormae import make_masker
+    seen = []
+    real = MaskedAutoencoder.forward
+    monkeypatch.setattr(MaskedAutoencoder, "forward", lambda self, imgs, mask: seen.append(mask[0].clone()) or
+                        real(self, imgs, mask))
+    run(tiny_cfg(tmp_path, mask="green,blue@1"))
+    assert len(seen) == 8
+    labels = [(r["epoch"], r["mask"]) for r in read_metrics(tmp_path) if "mask" in r]
+    assert {m for e, m in labels if e <= 1.0} == {"green"} and {m for e, m in labels if e > 1.0} == {"blue"}
+    g = torch.Generator().manual_seed(1)
+    green, blue = make_masker("green", 8, 0.75), make_masker("blue", 8, 0.75)
+    for i, mask in enumerate(seen):
+        expected = (green if i < 4 else blue)(16, generator=g)[0]
+        assert torch.equal(mask, expected), f"step {i}: not the {'green' if i < 4 else 'blue'} mask"
 
 
 def test_mask_schedule():
