@@ -96,3 +96,24 @@ def test_stored_paths_are_relative_to_the_repository(tmp_path):
     assert repo_relative(tmp_path) == str(tmp_path)  # outside the repository: kept as it is
     committed = [p for p in (ROOT / "results").rglob("*.json") if str(ROOT) in p.read_text()]
     assert not committed, f"absolute paths in committed results: {committed[:3]}"
+
+
+CIFAR = ROOT.parent / "shared" / "data" / "cifar10"
+
+
+@pytest.mark.skipif(not (CIFAR / "train.tar").exists(), reason=f"CIFAR-10 not found at {CIFAR}")
+def test_cifar10_micro_end_to_end_accuracy_is_pinned(tmp_path):
+    """Pretrain (micro preset, 512 CIFAR-10 images, 2 epochs) + kNN / linear probe on 512 + 512 images:
+    a regression anywhere in data, masking, pretraining or evaluation moves these numbers."""
+    experiments.main(["cifar10-minirepro", "--out", str(tmp_path), "--masks", "green", "--seeds", "0",
+                      "--epochs", "2", "--preset", "mae_vit_micro_patch4_32", "--dataset-length", "512",
+                      "--batch-size", "64", "--linprobe-epochs", "10", "--eval-length", "512", "--device", "cpu"])
+    row = next(csv.DictReader((tmp_path / "table.csv").open()))
+    got = {k: float(row[k]) for k in ("final_loss", "knn_top1", "linprobe_top1")}
+    # pinned from a run of this test; accuracies are counts of 512 images (1 image = 0.002)
+    assert got["final_loss"] == pytest.approx(PINNED_CIFAR["final_loss"], rel=0.002), got
+    assert got["knn_top1"] == pytest.approx(PINNED_CIFAR["knn_top1"], abs=0.006), got
+    assert got["linprobe_top1"] == pytest.approx(PINNED_CIFAR["linprobe_top1"], abs=0.006), got
+
+
+PINNED_CIFAR = {"final_loss": 1.57556, "knn_top1": 137 / 512, "linprobe_top1": 122 / 512}
