@@ -20,10 +20,13 @@ import sys
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import torch
+
 from . import pretrain
 from .config import differences
 from .engine import cli_main
 from .evaluate import evaluate_frozen
+from .model import MaskedAutoencoder, export_encoder, get_config
 from .pretrain import PretrainConfig, validate
 from .rundir import RunDir, atomic_write, check_same_experiment, read_json, repo_relative, write_json
 from .runtime import Timer, project_path
@@ -52,32 +55,70 @@ class GridSpec:
 GRIDS = {"cifar10-minirepro": GridSpec()}
 
 
+# The control row: the same encoder, untrained (the init pretraining starts from, same seed),
+# evaluated identically. It shows how much of each accuracy pretraining earned.
+CONTROL = "none"
+
+
+def _reuse_eval(eval_path: Path, spec: GridSpec) -> dict:
+    rec = read_json(eval_path)
+    changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
+    if changed:
+        raise ValueError(f"{eval_path} was evaluated with other settings ("
+                         + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
+                         + "): choose another --out for a grid with these settings")
+    log.info("done, reusing %s", repo_relative(eval_path))
+    return rec
+
+
+def _evaluate(spec: GridSpec, encoder, cfg: PretrainConfig, seed: int, device: str) -> tuple[dict, float]:
+    timer = Timer()
+    ev = evaluate_frozen(encoder, cfg.dataset, cfg.data_root, device=device if device != "auto" else "cpu",
+                         seed=seed, **spec.evaluate)
+    return ev, timer.elapsed
+
+
+def run_control(spec: GridSpec, seed: int, device: str = "auto") -> dict:
+    """The untrained encoder of ``seed``, evaluated like every pretrained one."""
+    run_dir = project_path(spec.out) / "runs" / f"{CONTROL}_seed{seed}"
+    cfg = PretrainConfig(**{**spec.pretrain, "seed": seed, "output_dir": repo_relative(run_dir)})
+    if (run_dir / "config.json").exists():
+        check_same_experiment(read_json(run_dir / "config.json"), cfg, run_dir)
+    if (run_dir / "eval.json").exists():
+        return _reuse_eval(run_dir / "eval.json", spec)
+    mcfg = get_config(cfg.preset, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
+    torch.manual_seed(seed)  # exactly pretrain.run's model init
+    export = export_encoder(MaskedAutoencoder(mcfg))
+    write_json(asdict(cfg), run_dir / "config.json")
+    ev, eval_s = _evaluate(spec, export, cfg, seed, device)
+    row = {"mask": CONTROL, "seed": seed, "pretrain_epochs": 0, "final_loss": None, "knn_top1": ev["knn_top1"],
+           "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
+           "preset": cfg.preset, "mask_source": None, "pretrain_wall_s": 0.0, "images_per_s": None,
+           "eval_wall_s": eval_s}
+    write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
+               run_dir / "eval.json")
+    return row
+
+
 def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
     one run; the evaluation is reused when eval.json was made with the same settings."""
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
     cfg = PretrainConfig(**{**spec.pretrain, "mask": mask, "seed": seed, "output_dir": repo_relative(run_dir),
                             "resume": "auto", "device": device})
+    if mask == CONTROL:
+        return run_control(spec, seed, device)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
         check_same_experiment(RunDir(run_dir).read_config() or {}, cfg, run_dir)
-        rec = read_json(eval_path)
-        changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
-        if changed:
-            raise ValueError(f"{eval_path} was evaluated with other settings ("
-                             + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
-                             + "): choose another --out for a grid with these settings")
-        log.info("%s seed %d: done, reusing %s", mask, seed, repo_relative(eval_path))
-        return rec
+        return _reuse_eval(eval_path, spec)
     summary = pretrain.run(cfg)
-    timer = Timer()
-    ev = evaluate_frozen(run_dir, cfg.dataset, cfg.data_root, device=device if device != "auto" else "cpu",
-                         seed=seed, **spec.evaluate)
+    ev, eval_s = _evaluate(spec, run_dir, cfg, seed, device)
     row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"],
            "final_loss": summary["final_loss"], "knn_top1": ev["knn_top1"],
            "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
            "preset": cfg.preset, "mask_source": cfg.mask_source, "pretrain_wall_s": summary["wall_time_s"],
-           "images_per_s": summary["images_per_s"], "eval_wall_s": timer.elapsed}
+           "images_per_s": summary["images_per_s"], "eval_wall_s": eval_s}
     write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
                eval_path)
     return row
@@ -134,7 +175,7 @@ def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("grid", choices=sorted(GRIDS))
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
-    p.add_argument("--masks", nargs="+", default=None)
+    p.add_argument("--masks", nargs="+", default=None, help=f"mask kinds, and '{CONTROL}' for the untrained control")
     p.add_argument("--seeds", nargs="+", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--preset", default=None)
@@ -163,7 +204,7 @@ def main(argv: list[str] | None = None) -> Path:
     def run(spec: GridSpec) -> Path:
         # fail fast on a bad grid: every run's config is validated before the first one starts
         for mask in spec.masks:
-            validate(PretrainConfig(**{**spec.pretrain, "mask": mask}))
+            validate(PretrainConfig(**{**spec.pretrain, **({} if mask == CONTROL else {"mask": mask})}))
         path = run_grid(spec, args.device)
         print(path.read_text())
         return path

@@ -61,6 +61,25 @@ def test_summaries_and_loss_bands(tiny_grid):
     assert len(xs) == len(mean) == len(std) == 5 and (std >= 0).all()
 
 
+def test_untrained_control_row(tiny_grid):
+    out, args = tiny_grid
+    i = args.index("--masks")
+    experiments.main(args[:i + 1] + ["none"] + args[i + 3:])
+    rows = {(r["mask"], r["seed"]): r for r in csv.DictReader((out / "table.csv").open())}
+    control = rows[("none", "0")]
+    assert control["final_loss"] == "" and float(control["pretrain_epochs"]) == 0
+    assert 0 < float(control["knn_top1"]) < 1
+    # the control is the init pretraining starts from: same preset and seed
+    import torch
+    from colormae.model import MaskedAutoencoder, export_encoder, get_config
+    torch.manual_seed(0)
+    init = export_encoder(MaskedAutoencoder(get_config("mae_vit_micro_patch4_32")))
+    from colormae.evaluate import evaluate_frozen
+    ev = evaluate_frozen(init, "embedded", train_length=128, test_length=128, linprobe_epochs=3, seed=0,
+                         knn_k=20, amp="bf16", batch_size=512)
+    assert ev["knn_top1"] == pytest.approx(float(control["knn_top1"]))
+
+
 def test_bad_grid_arguments_fail_before_training(tmp_path, caplog):
     with pytest.raises(SystemExit) as exit_info:  # like the other CLIs: one clear line, status 2
         experiments.main(["cifar10-minirepro", "--out", str(tmp_path), "--masks", "pink"])
