@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .runtime import read_metrics
+from .rundir import read_metrics
 
 MASK_ORDER = ["random", "blue", "green", "purple", "red"]
 

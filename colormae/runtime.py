@@ -228,7 +228,3 @@ class Timer:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-
-def read_metrics(path):  # TODO(lead): remove once results.py and tests import colormae.rundir.read_metrics
-    from .rundir import read_metrics as _read_metrics
-    return _read_metrics(path)

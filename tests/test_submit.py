@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("submitit", reason="submitit is the optional [slurm] extra")
 
 from colormae import submit  # noqa: E402
-from colormae.runtime import read_metrics  # noqa: E402
+from colormae.rundir import read_metrics  # noqa: E402
 from colormae.submit import Job, main, requeue_argv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
