@@ -14,7 +14,8 @@ Threads: ``torch.set_num_threads`` = the cores this process may use (``--threads
 model should have every core; DataLoader workers run with one thread each and compete with it, which
 is the cost being measured. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine (README).
 
-    python benchmarks/pipeline.py                          # CIFAR-10, mae_vit_mini_patch4_32, CPU
+    python benchmarks/pipeline.py                          # CIFAR-10, mae_vit_mini_patch4_32, CPU, < 3 min
+    python benchmarks/pipeline.py --amp none               # fp32: CPUs without native bf16 (AVX2 only)
     python benchmarks/pipeline.py --presets mae_vit_mini_patch4_32,mae_vit_tiny_patch4_32
     python benchmarks/pipeline.py --device cuda --gpu-decode   # JPEG folder: CPU workers vs decode_jpeg on GPU
 """
@@ -89,9 +90,14 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
     for name, src in sources.items():  # warm-up: allocator, kernels, worker start
         for _ in range(2):
             step(next(src).to(device))
-    print(f"timing {args.rounds} rounds x {len(sources)} paths x ({args.warmup} untimed + {args.steps} timed) steps",
-          flush=True)
+    print(f"timing up to {args.rounds} rounds x {len(sources)} paths x ({args.warmup} untimed + {args.steps} timed) "
+          f"steps, within --budget-s {args.budget_s:.0f}", flush=True)
+    start, rounds = time.perf_counter(), 0
     for _ in range(args.rounds):
+        elapsed = time.perf_counter() - start
+        if rounds and elapsed * (rounds + 1) / rounds > args.budget_s:  # the next round would not fit
+            break
+        rounds += 1
         for name, src in sources.items():
             for _ in range(args.warmup):
                 step(next(src).to(device))
@@ -116,7 +122,7 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
     base = B / statistics.median(times["model-only"])
     print(f"\n{preset}  (CIFAR-10 train, batch {B}, {args.amp}, green masks, AdamW, {device}, "
           f"{torch.get_num_threads()} threads, per-file workers {args.num_workers}, "
-          f"{args.rounds} rounds x {args.steps} steps)")
+          f"{rounds} rounds x {args.steps} steps)")
     print(f"{'path':<12}{'img/s':>10}{'min':>9}{'max':>9}{'vs model-only':>16}")
     for name, ts in times.items():
         rates = [B / x for x in ts]
@@ -177,13 +183,15 @@ def main() -> None:
     p.add_argument("--presets", default="mae_vit_mini_patch4_32", help="comma-separated CPU presets")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="at most; fewer when --budget-s would be exceeded")
+    p.add_argument("--budget-s", type=float, default=150.0, help="time budget for the timed rounds (>= 1 round)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per segment")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before each segment")
     p.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default 1; 8 for --gpu-decode)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--data-root", default=None, help="folder with CIFAR-10 (default: data.default_data_root()/cifar10)")
-    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $COLORMAE_CACHE or ~/.cache/colormae)")
+    p.add_argument("--cache-dir", default=None,
+                   help="decoded-image cache (default: $COLORMAE_CACHE or ~/.cache/colormae)")
     p.add_argument("--verbose", action="store_true", help="print every timed segment")
     p.add_argument("--gpu-decode", action="store_true", help="compare CPU-worker vs GPU JPEG decoding instead")
     p.add_argument("--gpu-batch", type=int, default=256)
@@ -195,6 +203,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    if device.type == "cpu" and args.amp == "bf16" and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+        # measured on an AVX2-only EPYC: the mini preset's step ran at ~25 img/s in bf16, ~250 in fp32
+        print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16; autocast emulates it "
+              "(~10x slower steps), which hides the input pipeline: compare with --amp none")
     if args.gpu_decode:
         args.num_workers = 8 if args.num_workers is None else args.num_workers
         bench_gpu_decode(args, device)
