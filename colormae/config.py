@@ -76,10 +76,6 @@ def _field_type(cls: type, name: str) -> tuple[type, bool]:
     return hint, False
 
 
-def fields(cls: type) -> list[dataclasses.Field]:
-    return list(dataclasses.fields(cls))
-
-
 def experiment_fields(cls: type) -> list[str]:
     """Names of the fields that change the experiment (see ``knob``)."""
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get("experiment", True)]

@@ -243,9 +243,6 @@ class Run:
         if self.cfg.save_every > 0 and epoch_done % self.cfg.save_every == 0:
             self.save(state_fn, f"checkpoint-{epoch_done:04d}.pth")
 
-    def interrupted(self) -> bool:
-        return self._signal is not None
-
     # -- the end -----------------------------------------------------------------------------------
     def summary_base(self, total_steps: int, step: int, finished: bool, artifacts: tuple[str, ...] = (LAST,),
                      **extra) -> dict:

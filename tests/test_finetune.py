@@ -98,6 +98,8 @@ def test_linear_probe_separable_clusters_and_determinism():
     assert slow["final_loss"] > 2.0 and slow["top1"] < 0.5
     with pytest.raises(ValueError, match="optimizer="):
         linear_probe(xtr, ytr, xte, yte, num_classes=10, optimizer="adam")
+    with pytest.raises(ValueError, match="at least 2 training samples .*got 1"):
+        linear_probe(xtr[:1], ytr[:1], xte, yte, num_classes=10)
 
 
 # -- encoders and features -------------------------------------------------------------------------

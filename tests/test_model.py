@@ -107,6 +107,15 @@ def test_fixed_sincos_position_embeddings_are_maes_values():
         torch.testing.assert_close(reordered, ref, atol=1e-6, rtol=0)
 
 
+def test_paper_presets_use_norm_pix_loss_and_cpu_presets_raw_pixels():
+    for name in ("mae_vit_base_patch16", "mae_vit_large_patch16", "mae_vit_huge_patch14"):
+        assert get_config(name).norm_pix_loss is True, name  # MAE's and the official ColorMAE recipe
+        assert get_config(name, norm_pix_loss=False).norm_pix_loss is False
+    assert get_config("mae_vit_tiny_patch4_64").norm_pix_loss is False  # viewable reconstructions
+    from colormae.pretrain import PretrainConfig
+    assert PretrainConfig().norm_pix_loss is None  # None: the preset decides
+
+
 def test_paper_preset_shapes():
     cfg = get_config("mae_vit_base_patch16")
     assert (cfg.img_size, cfg.patch_size, cfg.embed_dim, cfg.depth, cfg.decoder_depth, cfg.decoder_embed_dim) == \
