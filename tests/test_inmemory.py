@@ -183,7 +183,7 @@ def test_eval_matches_eval_transform(size, hw):
 
 
 # ----------------------------------------------------------------------------------------- cache
-def _decode(root: Path, cache: Path, name: str = "cifar10", caplog=None) -> im.InMemoryImages:
+def _decode(root: Path, cache: Path, name: str = "cifar10") -> im.InMemoryImages:
     return im.decode_to_memory(name, root, "train", cache_dir=cache)
 
 
