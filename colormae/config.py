@@ -28,7 +28,7 @@ def knob(default: Any, help: str, *, choices: Sequence | None = None, group: str
         "experiment": experiment})
 
 
-AMP_MODES = ("bf16", "fp16", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "none")
 PIPELINES = ("auto", "memory", "files", "gpu-decode")
 
 
@@ -42,13 +42,14 @@ class EngineConfig:
     pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
                          "batches on the device, 'files' decodes every image in DataLoader workers, "
                          "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
-                         "cifar10/embedded, files otherwise", choices=PIPELINES, group="data")
+                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES, group="data")
     num_workers: int = knob(0, "DataLoader worker processes (files pipeline)", group="data", experiment=False)
     skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
                               experiment=False)
     max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
                                        "dataset was skipped", group="data", experiment=False)
-    amp: str = knob("bf16", "mixed precision (bf16 on CPU and GPU by default)", choices=AMP_MODES,
+    amp: str = knob("auto", "mixed precision; 'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, "
+                    "AMX), fp32 on other CPUs, where emulated bf16 is several times slower", choices=AMP_MODES,
                     group="optimization")
     seed: int = knob(0, "seeds model init, data order, augmentation and masks", group="run")
     output_dir: str = knob("results/default", "the run directory (relative paths: from the repository root)",

@@ -25,6 +25,7 @@ from . import data as data_lib
 from .config import AMP_MODES
 from .engine import cosine_schedule
 from .model import timm_vit_from_export
+from .inmemory import BatchedLoader, EvalResize, InMemoryImages, choose_pipeline, decode_to_memory
 from .rundir import load_encoder
 from .runtime import Timer, autocast, progress
 
@@ -72,6 +73,8 @@ def extract_features(export: dict, dataset, *, batch_size: int = 256, device: st
                      desc: str = "features") -> tuple[torch.Tensor, torch.Tensor]:
     """Frozen-encoder features of every sample of ``dataset`` in order: ([N, D] float32, [N] long).
 
+    ``dataset``: a labeled dataset (eval-transformed), or decoded ``InMemoryImages`` (resized and
+    normalized on the device by ``EvalResize``, the same eval transform in batches).
     The encoder is a stock timm ViT (no head, final norm kept); ``pool="cls"`` is its normed [CLS]
     token (MAE's linear probe), ``pool="avg"`` the mean of its normed patch tokens.
     """
@@ -83,8 +86,12 @@ def extract_features(export: dict, dataset, *, batch_size: int = 256, device: st
     # global_pool="token" keeps the pretrained final norm (avg mode would swap it for a fresh fc_norm)
     model, _ = timm_vit_from_export(export, num_classes=0, global_pool="token")
     model.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                                         pin_memory=device.type == "cuda")
+    if isinstance(dataset, InMemoryImages):
+        batches = torch.utils.data.BatchSampler(range(len(dataset)), batch_size, drop_last=False)
+        loader = BatchedLoader(dataset, batches, EvalResize(encoder_img_size(export)), device)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                             pin_memory=device.type == "cuda")
     feats, labels = [], []
     for imgs, target in progress(loader, desc=desc, leave=False):
         with autocast(amp, device):
@@ -226,11 +233,14 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
                     linprobe_epochs: int = 100, linprobe_blr: float = 0.1, linprobe_optimizer: str = "sgd",
                     linprobe_batch_size: int = 256, linprobe_warmup_epochs: float = 10, pool: str = "cls",
                     batch_size: int = 256, num_workers: int = 0, amp: str = "none", num_classes: int | None = None,
-                    img_size: int | None = None, skip_corrupt: bool = False, seed: int = 0) -> dict:
+                    img_size: int | None = None, skip_corrupt: bool = False, seed: int = 0,
+                    pipeline: str = "auto") -> dict:
     """kNN and linear-probe accuracy of a frozen encoder (run dir, .pth, or export dict).
 
     Features of the labeled train/test splits are extracted once (eval transform at the encoder's
     image size) and shared by both protocols. ``linprobe_epochs=0`` skips the linear probe.
+    ``pipeline``: "memory" decodes the splits once (cached) and transforms whole batches; "files"
+    reads every image in DataLoader workers; "auto" picks memory for cifar10 / embedded.
     """
     timer = Timer()
     if dataset_name not in data_lib.DATASETS:
@@ -239,6 +249,11 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
     train_set, test_set, n_cls = frozen_datasets(export, dataset_name, data_root, train_length=train_length,
                                                  test_length=test_length, img_size=img_size, num_classes=num_classes,
                                                  skip_corrupt=skip_corrupt)
+    if choose_pipeline(dataset_name, pipeline, root=data_root) == "memory":
+        size = check_compatible(export, dataset_name, img_size)
+        train_set, test_set = (decode_to_memory(dataset_name, data_root, split, img_size=size, length=n,
+                                                skip_corrupt=skip_corrupt)
+                               for split, n in (("train", train_length), ("test", test_length)))
     kw = dict(batch_size=batch_size, device=device, pool=pool, num_workers=num_workers, amp=amp)
     xtr, ytr = extract_features(export, train_set, desc="train features", **kw)
     xte, yte = extract_features(export, test_set, desc="test features", **kw)

@@ -44,6 +44,7 @@ from torchvision.transforms import InterpolationMode
 from . import data as data_lib
 from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
 from .engine import cli_main, cosine_schedule, start_run, train_loader
+from .inmemory import TrainAugment
 from .evaluate import (POOLS, LinearProbe, _topk_correct, check_compatible, evaluate_frozen, frozen_datasets,
                        lars_optimizer)
 from .model import timm_vit_from_export
@@ -219,11 +220,15 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
         # encoder and data first: a missing file, a size or class mismatch fails here, before the model
         export = load_encoder(cfg.encoder)
         img_size = check_compatible(export, cfg.dataset, cfg.img_size)
-        train_set, test_set, n_cls = frozen_datasets(
+        _, test_set, n_cls = frozen_datasets(
             export, cfg.dataset, cfg.data_root, train_length=cfg.train_length, test_length=cfg.test_length,
-            img_size=img_size, num_classes=cfg.num_classes, skip_corrupt=cfg.skip_corrupt,
-            train_transform=train_transform(img_size, cfg))
-        sampler, loader = train_loader(train_set, cfg, info, device, cfg.batch_size)
+            img_size=img_size, num_classes=cfg.num_classes, skip_corrupt=cfg.skip_corrupt)
+        # finetune's RandAugment and erasing run per image; the linear probe's crop + flip also batched
+        batch_augment = (TrainAugment(img_size, scale=(crop_scale_min(img_size, cfg), 1.0))
+                         if cfg.protocol == "linprobe" else None)
+        sampler, loader, train_set, pipeline = train_loader(
+            cfg, info, device, cfg.batch_size, img_size=img_size, labeled=True, length=cfg.train_length,
+            files_transform=train_transform(img_size, cfg), batch_augment=batch_augment)
         global_batch = cfg.batch_size * info.world_size
         steps_per_epoch = len(train_set) // global_batch
         total_steps = steps_per_epoch * cfg.epochs
@@ -313,7 +318,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
         final = evals[-1] if evals and not stop else {"epoch": epoch + batch_in_epoch / steps_per_epoch,
                                                         "step": step, **run_eval()}
         summary = r.summary_base(
-            total_steps, step, finished, protocol=cfg.protocol, top1=final["top1"], top5=final["top5"],
+            total_steps, step, finished, pipeline=pipeline, protocol=cfg.protocol, top1=final["top1"], top5=final["top5"],
             best_top1=max([e["top1"] for e in evals] + [final["top1"]]), final_eval=final, evals=evals,
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
             global_batch=global_batch, lr=lr, num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),
@@ -344,7 +349,7 @@ def frozen(cfg: FinetuneConfig) -> dict:
                 linprobe_optimizer=cfg.linprobe_optimizer, linprobe_batch_size=cfg.batch_size,
                 linprobe_warmup_epochs=cfg.warmup_epochs, pool=cfg.pool, num_workers=cfg.num_workers,
                 amp=cfg.amp, num_classes=cfg.num_classes, img_size=cfg.img_size, skip_corrupt=cfg.skip_corrupt,
-                seed=cfg.seed)
+                seed=cfg.seed, pipeline=cfg.pipeline)
             key = "knn" if cfg.protocol == "knn" else "linprobe"
             r.dir.write_config(cfg)
             r.images_seen = result["num_train"] + result["num_test"]

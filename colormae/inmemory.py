@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,11 +56,12 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 
 from . import data as data_lib
+from .config import PIPELINES
+from .rundir import save_torch
 from .runtime import progress
 
 logger = logging.getLogger(__name__)
 
-PIPELINES = ("auto", "memory", "files", "gpu-decode")
 MEMORY_DATASETS = ("cifar10", "embedded")  # always decoded to memory by "auto"
 MEMORY_BUDGET_BYTES = 4 * 2 ** 30  # "auto" keeps an imagefolder in memory below this decoded size
 MAX_MEMORY_FILES = 100_000  # ... and below this many files (counted before any header is read)
@@ -77,6 +77,7 @@ class InMemoryImages:
     classes: list[str] = field(default_factory=list)
     name: str = ""
     split: str = ""
+    skipped_names: list[str] = field(default_factory=list)  # corrupt files replaced (skip_corrupt)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -122,19 +123,6 @@ def _source_stamp(ds: Dataset) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _checksum(images: torch.Tensor, labels: torch.Tensor) -> int:
     crc = zlib.crc32(memoryview(images.contiguous().numpy()).cast("B"))
     return zlib.crc32(memoryview(labels.contiguous().numpy()).cast("B"), crc)
@@ -166,7 +154,7 @@ def _load_cache(path: Path, stamp: str, n: int) -> InMemoryImages | None:
     if obj["source"] != stamp:
         logger.info("decoded-image cache %s is stale (source files changed); rebuilding it", path)
         return None
-    return InMemoryImages(images, labels, list(obj["classes"]), obj["name"], obj["split"])
+    return InMemoryImages(images, labels, list(obj["classes"]), obj["name"], obj["split"], list(obj.get("skipped", [])))
 
 
 def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
@@ -205,18 +193,19 @@ def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
                              f"{width}x{height}; decode_to_memory needs one image size (use pipeline='files')")
         images[i] = torch.from_numpy(np.array(img, dtype=np.uint8).transpose(2, 0, 1))
         labels[i] = target
-    if skipped := data_lib.skipped_images(ds):
+    skipped = data_lib.skipped_images(ds)
+    if skipped:
         logger.warning("%s %s: %d corrupt images replaced by their next readable sample: %s", name, split,
                        len(skipped), ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
     classes = list(getattr(_unwrap(ds)[0], "classes", []))
     try:
-        _atomic_save({"format": CACHE_FORMAT, "source": stamp, "name": name, "split": split,
-                           "classes": classes, "images": images, "labels": labels,
-                           "checksum": _checksum(images, labels)}, path)
+        save_torch({"format": CACHE_FORMAT, "source": stamp, "name": name, "split": split, "classes": classes,
+                    "images": images, "labels": labels, "skipped": skipped, "checksum": _checksum(images, labels)},
+                   path)
         logger.info("%s %s: %d images decoded, cached in %s (%.0f MB)", name, split, n, path, images.numel() / 1e6)
     except OSError as err:  # a read-only home must not stop training
         logger.warning("could not write decoded-image cache %s (%s); continuing without it", path, err)
-    return InMemoryImages(images, labels, classes, name, split)
+    return InMemoryImages(images, labels, classes, name, split, skipped)
 
 
 # ----------------------------------------------------------------------------------- which path
@@ -224,7 +213,9 @@ def _image_files(folder: Path, limit: int) -> list[Path] | None:
     """Image files under ``folder``, or None as soon as there are more than ``limit``."""
     files: list[Path] = []
     for dirpath, _, names in os.walk(folder):
-        files += [Path(dirpath, f) for f in names if f.lower().endswith(data_lib.IMG_EXTENSIONS)]
+        # regular files only: opening a FIFO named .jpg would block
+        files += [Path(dirpath, f) for f in names
+                  if f.lower().endswith(data_lib.IMG_EXTENSIONS) and os.path.isfile(os.path.join(dirpath, f))]
         if len(files) > limit:
             return None
     return files

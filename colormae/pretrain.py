@@ -22,6 +22,7 @@ from timm.optim import create_optimizer_v2
 from . import data as data_lib
 from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
 from .engine import cli_main, cosine_schedule, start_run, train_loader
+from .inmemory import TrainAugment
 from .masking import COLORS, KINDS, SOURCES, Masker, make_masker
 from .model import PRESETS, MaskedAutoencoder, export_encoder, get_config
 from .rundir import ENCODER, LAST, save_torch
@@ -113,11 +114,9 @@ def run(cfg: PretrainConfig) -> dict:
         maskers = build_maskers(cfg, mcfg.grid, device)
 
         # data first: a missing path fails here, before the model is built
-        dataset = data_lib.build_dataset(cfg.dataset, cfg.data_root, "train",
-                                         data_lib.pretrain_transform(mcfg.img_size), labeled=False,
-                                         skip_corrupt=cfg.skip_corrupt, length=cfg.dataset_length,
-                                         img_size=mcfg.img_size)
-        sampler, loader = train_loader(dataset, cfg, info, device, cfg.batch_size)
+        sampler, loader, dataset, pipeline = train_loader(
+            cfg, info, device, cfg.batch_size, img_size=mcfg.img_size, labeled=False, length=cfg.dataset_length,
+            files_transform=data_lib.pretrain_transform(mcfg.img_size), batch_augment=TrainAugment(mcfg.img_size))
         global_batch = cfg.batch_size * info.world_size
         batches_per_epoch = len(dataset) // global_batch
         steps_per_epoch = batches_per_epoch // cfg.accum_iter
@@ -187,7 +186,7 @@ def run(cfg: PretrainConfig) -> dict:
             save_torch(export_encoder(model), r.dir.file(ENCODER))
 
         summary = r.summary_base(
-            total_steps, step, finished, artifacts=(LAST, ENCODER), mae_config=asdict(mcfg), effective_batch=eff_batch, lr=lr,
+            total_steps, step, finished, artifacts=(LAST, ENCODER), pipeline=pipeline, mae_config=asdict(mcfg), effective_batch=eff_batch, lr=lr,
             epochs_done=epoch + batch_in_epoch / batches_per_epoch, masks=[m.describe() for _, m in maskers],
             num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset))
         return r.finish(summary)

@@ -93,15 +93,34 @@ def resolve_device(device: str, info: DistInfo) -> torch.device:
 
 # -- mixed precision -------------------------------------------------------------------------
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX). Without it PyTorch emulates
+    bf16 matmuls: measured 6x slower than fp32 on an AVX2 AMD EPYC, where a CPU with native bf16
+    ran the same step 1.36x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """"auto" -> bf16 on CUDA and on CPUs with native bf16, else "none" (fp32); others unchanged."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "none"
+
+
 def autocast(amp: str, device: torch.device):
-    """bf16 / fp16 autocast on ``device`` (CPU or CUDA), or a no-op for "none"."""
+    """bf16 / fp16 autocast on ``device`` (CPU or CUDA), or a no-op for "none" ("auto": resolve_amp)."""
+    amp = resolve_amp(amp, device)
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=amp in ("bf16", "fp16"))
 
 
 def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
     """Loss scaling for fp16 only (bf16 has fp32's range); disabled scalers are pass-throughs."""
-    return torch.amp.GradScaler(device.type, enabled=(amp == "fp16"))
+    return torch.amp.GradScaler(device.type, enabled=(resolve_amp(amp, device) == "fp16"))
 
 
 # -- seeded data order --------------------------------------------------------------------------

@@ -262,7 +262,7 @@ def test_finetune_errors_come_before_the_model(run_dir, tmp_path, monkeypatch):
 
 
 def test_mae_linear_probe_protocol_trains_the_head_only(run_dir, tmp_path):
-    s = ft.run(ft_cfg(run_dir, tmp_path, protocol="linprobe", max_steps=3, epochs=None, blr=None, batch_size=None,
+    s = ft.run(ft_cfg(run_dir, tmp_path, protocol="linprobe", max_steps=3, epochs=None, blr=None, batch_size=16,
                       warmup_epochs=None))
     assert s["protocol"] == "linprobe" and s["steps"] == 3 and s["config"]["epochs"] == 90
     assert s["config"]["weight_decay"] == 0.0 and s["config"]["blr"] == 0.1
@@ -293,9 +293,9 @@ def test_two_process_gloo_matches_one_process(run_dir, tmp_path):
            "--epochs", "1", "--amp", "none", "--log-every", "1", "--mixup", "0", "--cutmix", "0", "--drop-path", "0"]
     one, two = run_one_and_two_processes(cli, tmp_path, global_batch=16)
     r1, r2 = read_metrics(one), read_metrics(two)
-    assert len(r1) == len(r2) == 5  # 4 steps + 1 evaluation
+    assert len(r1) == len(r2) == 6  # 4 steps + 1 evaluation + the epoch's mean loss
     for a, b in zip(r1, r2):
-        for k in ("loss", "test_top1", "test_loss"):
+        for k in ("loss", "test_top1", "test_loss", "epoch_loss"):
             if k in a:
                 assert abs(a[k] - b[k]) <= 1e-4 * abs(a[k]) + 1e-6, (r1, r2)
     assert json.loads((two / "summary.json").read_text())["world_size"] == 2
