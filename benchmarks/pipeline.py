@@ -35,7 +35,7 @@ from timm.optim import create_optimizer_v2
 from colormae import inmemory, make_masker
 from colormae.data import build_dataset, default_data_root, pretrain_transform
 from colormae.model import mae_model
-from colormae.runtime import DistInfo, GlobalBatchSampler, SeededSamples
+from colormae.runtime import DistInfo, GlobalBatchSampler, SeededSamples, autocast, resolve_amp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
 
     def step(imgs: torch.Tensor) -> None:
         mask, ids_keep, ids_restore = masker(B, generator=gen)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+        with autocast(args.amp, device):
             loss, _, _ = model(imgs, (mask.to(device), ids_keep.to(device), ids_restore.to(device)))
         loss.backward()
         opt.step()
@@ -182,7 +182,8 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--presets", default="mae_vit_mini_patch4_32", help="comma-separated CPU presets")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--amp", choices=("bf16", "none"), default="bf16")
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
+                   help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (colormae.runtime.resolve_amp)")
     p.add_argument("--rounds", type=int, default=5, help="at most; fewer when --budget-s would be exceeded")
     p.add_argument("--budget-s", type=float, default=150.0, help="time budget for the timed rounds (>= 1 round)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per segment")
@@ -203,10 +204,11 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    if device.type == "cpu" and args.amp == "bf16" and torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "AVX2"):
+    if device.type == "cpu" and args.amp == "bf16" and resolve_amp("auto", device) == "none":
         # measured on an AVX2-only EPYC: the mini preset's step ran at ~25 img/s in bf16, ~250 in fp32
-        print(f"note: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16; autocast emulates it "
-              "(~10x slower steps), which hides the input pipeline: compare with --amp none")
+        print("note: this CPU has no native bf16; autocast emulates it (~10x slower steps), which hides the "
+              "input pipeline: compare with --amp auto (fp32 here)")
+    args.amp = resolve_amp(args.amp, device)
     if args.gpu_decode:
         args.num_workers = 8 if args.num_workers is None else args.num_workers
         bench_gpu_decode(args, device)
