@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tqdm import tqdm
 
 from .noise import COLORS, color_noise, color_params
 from .void_and_cluster import void_and_cluster
+from .rundir import atomic_write
 
 BANK_FORMAT_VERSION = 1
 BLUE_METHODS = ("filter", "void_and_cluster")
@@ -71,18 +71,12 @@ def make_noise_bank(color: str, num_patterns: int = 256, size: int = 64, *, seed
 
 def save_noise_bank(bank: NoiseBank, path: str | os.PathLike) -> Path:
     """Write ``bank`` to ``path`` (.npz) atomically: a crash never leaves a half-written bank."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"color": bank.color, "params": bank.params, "seed": bank.seed, "version": bank.version}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:  # a file object: np.savez would append .npz to a name
             np.savez(f, patterns=bank.patterns.cpu().numpy(), meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, write)
 
 
 def load_noise_bank(path: str | os.PathLike, device=None) -> NoiseBank:
