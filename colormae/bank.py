@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from .noise import COLORS, color_noise, color_params
-from .void_and_cluster import void_and_cluster
 from .rundir import atomic_write
+from .void_and_cluster import void_and_cluster
 
 BANK_FORMAT_VERSION = 1
 BLUE_METHODS = ("filter", "void_and_cluster")
