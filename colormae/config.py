@@ -18,14 +18,15 @@ GROUPS = ("model", "masking", "data", "optimization", "evaluation", "run")
 
 
 def knob(default: Any, help: str, *, choices: Sequence | None = None, group: str = "run",
-         experiment: bool = True) -> Any:
+         experiment: bool = True, path: bool = False) -> Any:
     """A config field. ``experiment=False`` marks knobs that do not change what is computed
-    (workers, logging, device, paths): a run may be resumed with other values of those."""
+    (workers, logging, device, paths): a run may be resumed with other values of those.
+    ``path=True``: a file or folder, recorded relative to the repository (``rundir.config_record``)."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r}; allowed values: {', '.join(GROUPS)}")
     return dataclasses.field(default=default, metadata={
         "help": help, "choices": tuple(choices) if choices is not None else None, "group": group,
-        "experiment": experiment})
+        "experiment": experiment, "path": path})
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
@@ -38,11 +39,12 @@ class EngineConfig:
     dataset: str = knob("embedded", "embedded, cifar10 or imagefolder", group="data",
                         choices=("embedded", "cifar10", "imagefolder"))
     data_root: str | None = knob(None, "dataset folder or tar location (default: ../shared/data or $COLORMAE_DATA)",
-                                 group="data", experiment=False)
+                                 group="data", experiment=False, path=True)
     pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
                          "batches on the device, 'files' decodes every image in DataLoader workers, "
                          "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
-                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES, group="data")
+                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES,
+                         group="data")
     num_workers: int = knob(0, "DataLoader worker processes (files pipeline)", group="data", experiment=False)
     skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
                               experiment=False)
@@ -53,9 +55,9 @@ class EngineConfig:
                     group="optimization")
     seed: int = knob(0, "seeds model init, data order, augmentation and masks", group="run")
     output_dir: str = knob("results/default", "the run directory (relative paths: from the repository root)",
-                           experiment=False)
+                           experiment=False, path=True)
     resume: str | None = knob(None, "continue a run: 'auto' (<output-dir>/checkpoint-last.pth if present) or a "
-                              "checkpoint path; the saved config must match", experiment=False)
+                              "checkpoint path; the saved config must match", experiment=False, path=True)
     overwrite: bool = knob(False, "delete the run already in --output-dir and start afresh", experiment=False)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N", experiment=False)
     max_steps: int | None = knob(None, "stop after this many optimizer steps (the run stays resumable)",
@@ -75,6 +77,10 @@ def _field_type(cls: type, name: str) -> tuple[type, bool]:
         non_none = [a for a in args if a is not type(None)]
         return non_none[0], len(non_none) < len(args)
     return hint, False
+
+
+def path_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("path", False)]
 
 
 def experiment_fields(cls: type) -> list[str]:

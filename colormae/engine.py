@@ -26,7 +26,6 @@ import statistics
 import threading
 import time
 from collections import deque
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -38,7 +37,7 @@ from . import data as data_lib
 from .config import check_common
 from .inmemory import BatchedLoader, GpuDecodeLoader, choose_pipeline, decode_to_memory
 from .rundir import (LAST, DiskFullError, MetricLog, RunDir, RunInUseError, finished_summary, load_checkpoint,
-                     repo_relative, resolve_resume)
+                     config_record, resolve_resume)
 from .runtime import (DistInfo, GlobalBatchSampler, SeededSamples, Timer, environment_info, mean_across_ranks,
                       peak_memory_bytes, progress, resolve_amp, rng_state, set_rng_state, setup_device)
 
@@ -156,7 +155,7 @@ class Run:
         progress counters, the config), plus the engine's own ``extra`` entries."""
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_generator),
-                "config": asdict(self.cfg), "progress": self.progress_state(), **extra}
+                "config": config_record(self.cfg), "progress": self.progress_state(), **extra}
 
     def progress_state(self) -> dict:
         return {"wall_time_s": self.wall_time_s, "images_seen": self.images_before + self.images_seen,
@@ -250,9 +249,7 @@ class Run:
         """The summary fields every engine writes. ``final_loss`` is the mean training loss of the
         last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's. ``artifacts``:
         the files a finished run must still hold to count as finished (see rundir.finished_summary)."""
-        cfg = asdict(self.cfg)
-        cfg["output_dir"] = repo_relative(self.dir.path)
-        return {"engine": self.engine, "config": cfg, "amp": resolve_amp(self.cfg.amp, self.device),
+        return {"engine": self.engine, "config": config_record(self.cfg), "amp": resolve_amp(self.cfg.amp, self.device),
                 "environment": environment_info(self.device),
                 "world_size": self.info.world_size, "steps": step, "total_steps": total_steps, "finished": finished,
                 "final_loss": self.last_epoch_loss,

@@ -28,7 +28,8 @@ from .engine import cli_main
 from .evaluate import evaluate_frozen
 from .model import MaskedAutoencoder, export_encoder, get_config
 from .pretrain import PretrainConfig, validate
-from .rundir import RunDir, atomic_write, check_same_experiment, read_json, repo_relative, write_json
+from .rundir import (RunDir, atomic_write, check_same_experiment, config_record, read_json, repo_relative,
+                     write_json)
 from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def run_control(spec: GridSpec, seed: int, device: str = "auto") -> dict:
     mcfg = get_config(cfg.preset, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
     torch.manual_seed(seed)  # exactly pretrain.run's model init
     export = export_encoder(MaskedAutoencoder(mcfg))
-    write_json(asdict(cfg), run_dir / "config.json")
+    write_json(config_record(cfg), run_dir / "config.json")
     ev, eval_s = _evaluate(spec, export, cfg, seed, device)
     row = {"mask": CONTROL, "seed": seed, "pretrain_epochs": 0, "final_loss": None, "knn_top1": ev["knn_top1"],
            "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],

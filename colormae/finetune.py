@@ -66,7 +66,8 @@ PROTOCOL_DEFAULTS = {
 
 @dataclass
 class FinetuneConfig(EngineConfig):
-    encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model")
+    encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
+                               path=True)
     protocol: str = knob("finetune", "finetune, linprobe (MAE's, GPUs), linprobe-cached (fast, CPU) or knn",
                          choices=PROTOCOLS, group="evaluation")
     num_classes: int | None = knob(None, "optional check against the dataset", group="model")
@@ -97,7 +98,7 @@ class FinetuneConfig(EngineConfig):
     min_lr: float = knob(1e-6, "cosine schedule floor", group="optimization")
     layer_decay: float = knob(0.65, "finetune: layer-wise lr decay", group="optimization")
     output_dir: str = knob("results/finetune/default", "the run directory (relative paths: from the repository "
-                           "root)", experiment=False)
+                           "root)", experiment=False, path=True)
 
 
 def resolve_defaults(cfg: FinetuneConfig) -> FinetuneConfig:
@@ -318,7 +319,8 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
         final = evals[-1] if evals and not stop else {"epoch": epoch + batch_in_epoch / steps_per_epoch,
                                                         "step": step, **run_eval()}
         summary = r.summary_base(
-            total_steps, step, finished, pipeline=pipeline, protocol=cfg.protocol, top1=final["top1"], top5=final["top5"],
+            total_steps, step, finished, pipeline=pipeline, protocol=cfg.protocol, top1=final["top1"],
+            top5=final["top5"],
             best_top1=max([e["top1"] for e in evals] + [final["top1"]]), final_eval=final, evals=evals,
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
             global_batch=global_batch, lr=lr, num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),

@@ -54,7 +54,7 @@ class PretrainConfig(EngineConfig):
     weight_decay: float = knob(0.05, "AdamW weight decay", group="optimization")
     warmup_epochs: float = knob(1.0, "linear warmup epochs", group="optimization")
     output_dir: str = knob("results/pretrain/default", "the run directory (relative paths: from the repository "
-                           "root)", experiment=False)
+                           "root)", experiment=False, path=True)
 
 
 def parse_mask_schedule(spec: str) -> list[tuple[int, str]]:
@@ -186,7 +186,8 @@ def run(cfg: PretrainConfig) -> dict:
             save_torch(export_encoder(model), r.dir.file(ENCODER))
 
         summary = r.summary_base(
-            total_steps, step, finished, artifacts=(LAST, ENCODER), pipeline=pipeline, mae_config=asdict(mcfg), effective_batch=eff_batch, lr=lr,
+            total_steps, step, finished, artifacts=(LAST, ENCODER), pipeline=pipeline, mae_config=asdict(mcfg),
+            effective_batch=eff_batch, lr=lr,
             epochs_done=epoch + batch_in_epoch / batches_per_epoch, masks=[m.describe() for _, m in maskers],
             num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset))
         return r.finish(summary)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import torch
 
-from .config import differences, experiment_fields
+from .config import differences, experiment_fields, path_fields
 from .runtime import ROOT, project_path
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,11 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def repo_relative(path: str | os.PathLike | None) -> str | None:
-    """A path as stored in committed results: relative to the repository when inside it."""
+    """A path as stored in committed results: relative to the repository when inside it (relative
+    inputs are taken from the repository root, as ``project_path`` does)."""
     if path is None:
         return None
-    p = Path(path)
+    p = project_path(path)
     try:
         return str(p.resolve().relative_to(ROOT))
     except ValueError:
@@ -203,7 +204,7 @@ class RunDir:
         return read_json(p) if p.exists() else None
 
     def write_config(self, cfg) -> Path:
-        return write_json(asdict(cfg), self.path / CONFIG)
+        return write_json(config_record(cfg), self.path / CONFIG)
 
     def write_summary(self, summary: dict) -> Path:
         return write_json(summary, self.path / SUMMARY)
@@ -274,11 +275,22 @@ def _alive(pid) -> bool:
     return True
 
 
+def config_record(cfg) -> dict:
+    """The config as stored (config.json, checkpoints, summaries): path fields relative to the
+    repository, so committed results hold no machine paths and compare across checkouts."""
+    record = asdict(cfg)
+    for name in path_fields(type(cfg)):
+        if record[name] is not None and record[name] != "auto":
+            record[name] = repo_relative(record[name])
+    return record
+
+
 def check_same_experiment(saved: dict, cfg, where: str | os.PathLike) -> None:
     """ValueError listing every experiment field of ``cfg`` that differs from the ``saved`` config
     (epochs may grow), with how to proceed."""
     names = experiment_fields(type(cfg))
-    new = asdict(cfg)
+    new = config_record(cfg)
+    saved = {**saved, **{n: repo_relative(saved[n]) for n in path_fields(type(cfg)) if saved.get(n) is not None}}
     diffs = [(n, a, b) for n, a, b in differences(saved, new, names)
              if not (n in GROWABLE and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a)]
     if diffs:

@@ -284,3 +284,22 @@ def test_bad_pretrain_flags_are_named(argv, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         pretrain.run(pretrain.config_from_argv(argv + ["--output-dir", str(tmp_path)]))
     assert not (tmp_path / "config.json").exists()
+
+
+def test_paths_are_recorded_relative_to_the_repository_and_compare_either_way():
+    import shutil
+    from colormae.runtime import ROOT
+    rel = "results/scratch/test_relative_paths"  # git-ignored
+    out = ROOT / rel
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        pretrain.run(pre_cfg(out, max_steps=1))  # notebooks pass absolute paths inside the repository
+        for name in ("config.json", "summary.json"):
+            record = json.loads((out / name).read_text())
+            assert (record.get("config") or record)["output_dir"] == rel, name
+            assert str(ROOT) not in (out / name).read_text(), name
+        assert load_checkpoint(out / "checkpoint-last.pth")["config"]["output_dir"] == rel
+        s = pretrain.run(pre_cfg(rel, resume="auto"))  # the same run, named relatively
+        assert s["finished"] and s["steps"] == 8
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
