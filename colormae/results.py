@@ -65,10 +65,11 @@ def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1",
 
 
 def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, digits: int = 2) -> pd.Series:
-    """'mean ± std (n=k)' strings (std with ddof=1), accuracies shown in % by default; one run: 'mean (n=1)'."""
+    """'mean ± std (n=k)' strings (std with ddof=1), accuracies shown in % by default; one run: 'mean (n=1)';
+    no value (the untrained control has no pretraining loss): '—'."""
     mean, std, n = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale, summary[f"{metric}_n"]
-    return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)"
-                      for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
+    return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)" if k == 1
+                      else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
 
 
 class Band(tuple):

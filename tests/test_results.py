@@ -138,3 +138,12 @@ def test_summary_std_is_ddof1_and_one_run_is_labelled():
     f = results.format_mean_std(s, "knn_top1")
     assert f["random"] == f"{mean * 100:.2f} ± {hand * 100:.2f} (n=3)" == "43.00 ± 3.61 (n=3)"
     assert f["green"] == "41.00 (n=1)"
+
+
+def test_a_metric_without_values_is_a_dash_not_nan():
+    table = pd.DataFrame({"mask": ["none", "none", "random"], "seed": [0, 1, 0], "knn_top1": [0.3, 0.32, 0.4],
+                          "linprobe_top1": [0.4, 0.41, 0.5], "final_loss": [float("nan"), float("nan"), 0.35]})
+    summary = results.summarize_by_mask(table)
+    loss = results.format_mean_std(summary, "final_loss", scale=1, digits=4)
+    assert loss["none"] == "—" and loss["random"] == "0.3500 (n=1)"
+    assert results.format_mean_std(summary, "knn_top1")["none"] == "31.00 ± 1.41 (n=2)"
