@@ -36,8 +36,8 @@ from timm.scheduler import CosineLRScheduler
 from . import data as data_lib
 from .config import check_common
 from .inmemory import BatchedLoader, GpuDecodeLoader, choose_pipeline, decode_to_memory
-from .rundir import (LAST, DiskFullError, MetricLog, RunDir, RunInUseError, finished_summary, load_checkpoint,
-                     config_record, resolve_resume)
+from .rundir import (LAST, DiskFullError, MetricLog, RunDir, RunInUseError, check_same_experiment, config_record,
+                     finished_summary, load_checkpoint, resolve_resume)
 from .runtime import (DistInfo, GlobalBatchSampler, SeededSamples, Timer, environment_info, mean_across_ranks,
                       peak_memory_bytes, progress, resolve_amp, rng_state, set_rng_state, setup_device)
 
@@ -131,7 +131,6 @@ class Run:
         zeros and None for a fresh run."""
         if self.resume_from is None:
             return 0, 0, 0, None
-        from .rundir import check_same_experiment
         path = self.resume_from
         ckpt = load_checkpoint(path, required=TRAINING_STATE_KEYS + tuple(required))
         check_same_experiment(ckpt["config"], self.cfg, path)
