@@ -100,7 +100,7 @@ def validate(cfg: PretrainConfig) -> None:
     schedule = parse_mask_schedule(cfg.mask)
     if schedule[-1][0] >= cfg.epochs:
         raise ValueError(f"mask={cfg.mask!r} switches at epoch {schedule[-1][0]}, but the run has epochs={cfg.epochs} "
-                         "(epochs 0 to {}): the switch would never happen".format(cfg.epochs - 1))
+                         f"(epochs 0 to {cfg.epochs - 1}): the switch would never happen")
 
 
 def run(cfg: PretrainConfig) -> dict:
