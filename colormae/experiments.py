@@ -131,7 +131,9 @@ def write_table(spec: GridSpec) -> Path:
     for path in sorted((project_path(spec.out) / "runs").glob("*/eval.json")):
         rec = read_json(path)
         rows.append({k: rec[k] for k in TABLE_COLUMNS})
-    order = {m: i for i, m in enumerate(spec.masks)}
+    recorded = project_path(spec.out) / "grid.json"  # every mask the grid has run, in the order it grew
+    masks = read_json(recorded)["masks"] if recorded.exists() else spec.masks
+    order = {m: i for i, m in enumerate(masks)}
     rows.sort(key=lambda r: (order.get(r["mask"], 99), r["seed"]))
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:

@@ -101,8 +101,11 @@ def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: 
     last epoch of the mask's runs (the range every run covers at its end). Mean and std (ddof=1) are
     taken across seeds at each of those epochs; a mask with one seed gets std zeros and ``n == 1``
     (``figures.plot_loss_curves`` then draws its line without a band and says so in the legend).
-    Records without a ``"loss"`` (evaluation-only records) are ignored.
+    Records without a ``"loss"`` (evaluation-only records) are ignored, and so are rows that were
+    never pretrained (the untrained control, ``pretrain_epochs == 0``).
     """
+    if "pretrain_epochs" in table:
+        table = table[table["pretrain_epochs"] > 0]
     bands = {}
     for mask in [m for m in MASK_ORDER if m in set(table["mask"])] + \
             [m for m in dict.fromkeys(table["mask"]) if m not in MASK_ORDER]:

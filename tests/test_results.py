@@ -147,3 +147,13 @@ def test_a_metric_without_values_is_a_dash_not_nan():
     loss = results.format_mean_std(summary, "final_loss", scale=1, digits=4)
     assert loss["none"] == "—" and loss["random"] == "0.3500 (n=1)"
     assert results.format_mean_std(summary, "knn_top1")["none"] == "31.00 ± 1.41 (n=2)"
+
+
+def test_loss_bands_leave_out_the_untrained_control(tmp_path):
+    run = tmp_path / "runs" / "random_seed0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "epoch": i / 2, "loss": 1.0 / i}) + "\n"
+                                               for i in range(1, 5)))
+    table = pd.DataFrame({"mask": ["none", "random"], "seed": [0, 0], "pretrain_epochs": [0.0, 2.0]})
+    bands = results.loss_bands(tmp_path, table, points=3, window=1)  # no runs/none_seed0/metrics.jsonl needed
+    assert list(bands) == ["random"]
