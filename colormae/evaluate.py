@@ -215,14 +215,13 @@ def linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, test_fea
 
 def frozen_datasets(export: dict, dataset_name: str, data_root: str | None = None, *,
                     train_length: int | None = None, test_length: int | None = None, img_size: int | None = None,
-                    num_classes: int | None = None, skip_corrupt: bool = False, train_transform=None):
-    """Labeled (train, test, num_classes) at the encoder's image size (eval transform unless
-    ``train_transform`` is given for the train split). Checks sizes and classes; reads no image."""
+                    num_classes: int | None = None, skip_corrupt: bool = False):
+    """Labeled (train, test, num_classes) at the encoder's image size, eval transform on both
+    (the per-file frozen-feature path). Checks sizes and classes; reads no image."""
     img_size = check_compatible(export, dataset_name, img_size)
     tf = data_lib.eval_transform(img_size)
     kw = dict(labeled=True, skip_corrupt=skip_corrupt, img_size=img_size)
-    train_set = data_lib.build_dataset(dataset_name, data_root, "train", train_transform or tf, length=train_length,
-                                       **kw)
+    train_set = data_lib.build_dataset(dataset_name, data_root, "train", tf, length=train_length, **kw)
     test_set = data_lib.build_dataset(dataset_name, data_root, "test", tf, length=test_length, **kw)
     return train_set, test_set, check_num_classes(train_set, test_set, num_classes)
 
@@ -246,14 +245,16 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
     if dataset_name not in data_lib.DATASETS:
         raise ValueError(f"unknown dataset name={dataset_name!r}; expected one of {data_lib.DATASETS}")
     export = run_or_encoder if isinstance(run_or_encoder, dict) else load_encoder(run_or_encoder)
-    train_set, test_set, n_cls = frozen_datasets(export, dataset_name, data_root, train_length=train_length,
-                                                 test_length=test_length, img_size=img_size, num_classes=num_classes,
-                                                 skip_corrupt=skip_corrupt)
     if choose_pipeline(dataset_name, pipeline, root=data_root) == "memory":
         size = check_compatible(export, dataset_name, img_size)
         train_set, test_set = (decode_to_memory(dataset_name, data_root, split, img_size=size, length=n,
                                                 skip_corrupt=skip_corrupt)
                                for split, n in (("train", train_length), ("test", test_length)))
+        n_cls = check_num_classes(train_set, test_set, num_classes)
+    else:
+        train_set, test_set, n_cls = frozen_datasets(
+            export, dataset_name, data_root, train_length=train_length, test_length=test_length, img_size=img_size,
+            num_classes=num_classes, skip_corrupt=skip_corrupt)
     kw = dict(batch_size=batch_size, device=device, pool=pool, num_workers=num_workers, amp=amp)
     xtr, ytr = extract_features(export, train_set, desc="train features", **kw)
     xte, yte = extract_features(export, test_set, desc="test features", **kw)

@@ -45,7 +45,7 @@ from . import data as data_lib
 from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
 from .engine import cli_main, cosine_schedule, start_run, train_loader
 from .inmemory import TrainAugment
-from .evaluate import (POOLS, LinearProbe, _topk_correct, check_compatible, evaluate_frozen, frozen_datasets,
+from .evaluate import (POOLS, LinearProbe, _topk_correct, check_compatible, check_num_classes, evaluate_frozen,
                        lars_optimizer)
 from .model import timm_vit_from_export
 from .rundir import load_encoder
@@ -221,15 +221,16 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
         # encoder and data first: a missing file, a size or class mismatch fails here, before the model
         export = load_encoder(cfg.encoder)
         img_size = check_compatible(export, cfg.dataset, cfg.img_size)
-        _, test_set, n_cls = frozen_datasets(
-            export, cfg.dataset, cfg.data_root, train_length=cfg.train_length, test_length=cfg.test_length,
-            img_size=img_size, num_classes=cfg.num_classes, skip_corrupt=cfg.skip_corrupt)
+        test_set = data_lib.build_dataset(cfg.dataset, cfg.data_root, "test", data_lib.eval_transform(img_size),
+                                          labeled=True, skip_corrupt=cfg.skip_corrupt, length=cfg.test_length,
+                                          img_size=img_size)
         # finetune's RandAugment and erasing run per image; the linear probe's crop + flip also batched
         batch_augment = (TrainAugment(img_size, scale=(crop_scale_min(img_size, cfg), 1.0))
                          if cfg.protocol == "linprobe" else None)
         sampler, loader, train_set, pipeline = train_loader(
             cfg, info, device, cfg.batch_size, img_size=img_size, labeled=True, length=cfg.train_length,
             files_transform=train_transform(img_size, cfg), batch_augment=batch_augment)
+        n_cls = check_num_classes(train_set, test_set, cfg.num_classes)
         global_batch = cfg.batch_size * info.world_size
         steps_per_epoch = len(train_set) // global_batch
         total_steps = steps_per_epoch * cfg.epochs

@@ -115,19 +115,11 @@ def filter_noise(color: str, x: torch.Tensor, **params) -> torch.Tensor:
     p = color_params(color, **params)
     x = x.float()
     h, w = x.shape[-2:]
-    g = lambda s: gaussian_transfer(h, w, s, device=x.device)  # noqa: E731
-    if color == "white":
-        transfer = None
-    elif color == "red":  # Eq. 1, iterated: (blur, normalize) x iterations
-        for _ in range(int(p["iterations"])):
-            x = _standardize(_apply_transfer(x, g(p["sigma"])))
+    if color == "red":  # Eq. 1, iterated: (blur, normalize) x iterations, normalizing in between
+        for _ in range(int(p["iterations"])):  # keeps the far spectral tail above float32 rounding
+            x = _standardize(_apply_transfer(x, gaussian_transfer(h, w, p["sigma"], device=x.device)))
         return x
-    elif color == "blue":  # Eq. 2: x - G_sigma * x
-        transfer = 1.0 - g(p["sigma"])
-    elif color == "green":  # Eq. 3: G_sigma1 * x - G_sigma2 * x
-        transfer = g(p["sigma1"]) - g(p["sigma2"])
-    else:  # purple, Eq. 4: x - green
-        transfer = 1.0 - (g(p["sigma1"]) - g(p["sigma2"]))
+    transfer = color_transfer(color, h, w, device=x.device, **p)  # Eq. 2-4 (None: white)
     return _standardize(x if transfer is None else _apply_transfer(x, transfer))
 
 
