@@ -1,6 +1,8 @@
 """Experiment grids: one command each, resumable (finished runs are skipped, unfinished ones resume).
 
-    python -m colormae.experiments cifar10-minirepro          # Table 1 (classification) at CPU scale
+    python -m colormae.experiments cifar10-grid16             # Table 1 (classification), 16x16 patch grid
+    python -m colormae.experiments cifar10-band-sweep         # green masks at six band centres
+    python -m colormae.experiments cifar10-minirepro          # the earlier 8x8-grid table
 
 Every (mask, seed) run pretrains with identical settings except the mask (the seed fixes model init,
 data order and augmentation, so runs of one seed differ by their masks only), then is evaluated with
@@ -16,8 +18,10 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import math
 import sys
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,8 +30,11 @@ from . import pretrain
 from .config import differences
 from .engine import cli_main
 from .evaluate import evaluate_frozen
-from .model import MaskedAutoencoder, export_encoder, get_config
-from .pretrain import PretrainConfig, validate
+from .mask_stats import mask_statistics
+from .masking import make_masker
+from .model import get_config, untrained_encoder
+from .noise import color_params
+from .pretrain import PretrainConfig, parse_mask_params, validate
 from .rundir import (RunDir, atomic_write, check_same_experiment, config_record, read_json, repo_relative,
                      write_json)
 from .runtime import Timer, project_path
@@ -35,14 +42,22 @@ from .runtime import Timer, project_path
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["mask", "seed", "pretrain_epochs", "final_loss", "knn_top1", "knn_top5", "linprobe_top1",
-                 "linprobe_top5", "preset", "mask_source", "pretrain_wall_s", "images_per_s", "eval_wall_s"]
+                 "linprobe_top5", "preset", "grid", "mask_source", "mask_params", "pretrain_wall_s", "images_per_s",
+                 "eval_wall_s"]
 
 
 @dataclass
 class GridSpec:
-    """A mask x seed grid of pretraining runs with frozen-feature evaluation."""
+    """A mask x seed grid of pretraining runs with frozen-feature evaluation.
+
+    ``masks`` are run labels: a mask kind, ``none`` (the untrained control), or a key of
+    ``variants`` whose value overrides pretraining settings (e.g. a green mask with other sigmas).
+    Every label runs at ``seeds``; ``more_seeds`` adds seeds to some labels (after all of ``seeds``).
+    """
     masks: tuple[str, ...] = ("random", "blue", "green", "purple", "red")
     seeds: tuple[int, ...] = (0, 1)
+    more_seeds: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)
     out: str = "results/cifar10_minirepro"  # relative paths: from the repository root
     # pretraining (see PretrainConfig); everything but mask and seed is shared by all runs
     pretrain: dict = field(default_factory=lambda: dict(
@@ -53,7 +68,59 @@ class GridSpec:
     evaluate: dict = field(default_factory=lambda: dict(linprobe_epochs=100, knn_k=20, amp="bf16", batch_size=512))
 
 
-GRIDS = {"cifar10-minirepro": GridSpec()}
+    def runs(self) -> list[tuple[str, int]]:
+        """(label, seed) in running order: seed-major, so a grid cut short stays balanced."""
+        order = [(m, s) for s in self.seeds for m in self.masks]
+        extra = sorted({s for seeds in self.more_seeds.values() for s in seeds} - set(self.seeds))
+        return order + [(m, s) for s in extra for m in self.masks if s in self.more_seeds.get(m, ())]
+
+    def pretrain_config(self, label: str, seed: int, **fields) -> PretrainConfig:
+        overrides = {} if label == CONTROL else {"mask": label, **self.variants.get(label, {})}
+        return PretrainConfig(**{**self.pretrain, **overrides, "seed": seed, **fields})
+
+
+# The 16x16-grid CIFAR-10 table (issue: "Table 1 at CPU scale that can tell masks apart"). Patch 2 on
+# the native 32 px (not 64 px upsampled with patch 4: the same 256 tokens, but an upsampled image
+# holds no more information and its patch embedding costs 4x). The nano preset and one epoch are
+# what 2 CPU cores afford for 14 pretraining runs + 17 evaluations in ~2.5 h (README: the pilot).
+# Paper recipe: norm-pix loss, 75 % masking, AdamW (0.9, 0.95), wd 0.05, cosine; masks online
+# (aperiodic windows of freshly filtered noise: a bank's statistics, no memory).
+GRID16_PRETRAIN = dict(
+    preset="mae_vit_nano_patch2_32", dataset="cifar10", epochs=1, batch_size=64, blr=3e-3, warmup_epochs=0.1,
+    mask_ratio=0.75, mask_source="online", amp="auto", norm_pix_loss=True, pipeline="memory")
+# kNN bank and probe training set: an evenly spaced 10k of the 50k training images (all 10 classes,
+# 1000 each); every run is tested on all 10k test images. Full-train features would cost as much
+# as another pretraining epoch per run.
+GRID16_EVALUATE = dict(linprobe_epochs=100, knn_k=20, amp="auto", batch_size=512, train_length=10000)
+
+# Green band sweep: sigma2 = 2 sigma1 (the paper's green shape) from near-blue to near-red. The band's
+# centre, the peak of G(sigma1) - G(sigma2), is sqrt(ln(sigma2^2/sigma1^2) / (2 pi^2 (sigma2^2 -
+# sigma1^2))) cycles/patch = 0.153 / sigma1 here: 0.44 (period 2.3 patches) ... 0.077 (13 patches).
+# The default green (sigma1 = 0.7) is the grid's green runs, not repeated.
+BAND_SIGMA1 = (0.35, 0.5, 1.0, 1.4, 2.0)
+
+
+def band_label(sigma1: float, sigma2: float) -> str:
+    return f"green_s{sigma1:g}-{sigma2:g}"
+
+
+def band_centre(sigma1: float, sigma2: float) -> float:
+    """Peak frequency (cycles/patch) of the green transfer function G(sigma1) - G(sigma2)."""
+    return math.sqrt(math.log(sigma2 ** 2 / sigma1 ** 2) / (2 * math.pi ** 2 * (sigma2 ** 2 - sigma1 ** 2)))
+
+
+GRIDS = {
+    "cifar10-minirepro": GridSpec(),
+    "cifar10-grid16": GridSpec(
+        masks=("none", "random", "green", "blue", "purple", "red", "block"), seeds=(0, 1),
+        more_seeds={"none": (2,), "random": (2,), "green": (2,)}, out="results/cifar10_grid16",
+        pretrain=GRID16_PRETRAIN, evaluate=GRID16_EVALUATE),
+    "cifar10-band-sweep": GridSpec(
+        masks=tuple(band_label(s, 2 * s) for s in BAND_SIGMA1), seeds=(0,), out="results/cifar10_band_sweep",
+        variants={band_label(s, 2 * s): {"mask": "green", "mask_params": f"sigma1={s:g},sigma2={2 * s:g}"}
+                  for s in BAND_SIGMA1},
+        pretrain=GRID16_PRETRAIN, evaluate=GRID16_EVALUATE),
+}
 
 
 # The control row: the same encoder, untrained (the init pretraining starts from, same seed),
@@ -82,19 +149,19 @@ def _evaluate(spec: GridSpec, encoder, cfg: PretrainConfig, seed: int, device: s
 def run_control(spec: GridSpec, seed: int, device: str = "auto") -> dict:
     """The untrained encoder of ``seed``, evaluated like every pretrained one."""
     run_dir = project_path(spec.out) / "runs" / f"{CONTROL}_seed{seed}"
-    cfg = PretrainConfig(**{**spec.pretrain, "seed": seed, "output_dir": repo_relative(run_dir)})
+    cfg = spec.pretrain_config(CONTROL, seed, output_dir=repo_relative(run_dir))
     if (run_dir / "config.json").exists():
         check_same_experiment(read_json(run_dir / "config.json"), cfg, run_dir)
     if (run_dir / "eval.json").exists():
         return _reuse_eval(run_dir / "eval.json", spec)
     mcfg = get_config(cfg.preset, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
-    torch.manual_seed(seed)  # exactly pretrain.run's model init
-    export = export_encoder(MaskedAutoencoder(mcfg))
+    export = untrained_encoder(cfg.preset, seed, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
     write_json(config_record(cfg), run_dir / "config.json")
     ev, eval_s = _evaluate(spec, export, cfg, seed, device)
     row = {"mask": CONTROL, "seed": seed, "pretrain_epochs": 0, "final_loss": None, "knn_top1": ev["knn_top1"],
            "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
-           "preset": cfg.preset, "mask_source": None, "pretrain_wall_s": 0.0, "images_per_s": None,
+           "preset": cfg.preset, "grid": mcfg.grid, "mask_source": None, "mask_params": None, "pretrain_wall_s": 0.0,
+           "images_per_s": None,
            "eval_wall_s": eval_s}
     write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
                run_dir / "eval.json")
@@ -105,8 +172,7 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
     one run; the evaluation is reused when eval.json was made with the same settings."""
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
-    cfg = PretrainConfig(**{**spec.pretrain, "mask": mask, "seed": seed, "output_dir": repo_relative(run_dir),
-                            "resume": "auto", "device": device})
+    cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device)
     if mask == CONTROL:
         return run_control(spec, seed, device)
     eval_path = run_dir / "eval.json"
@@ -118,7 +184,8 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
     row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"],
            "final_loss": summary["final_loss"], "knn_top1": ev["knn_top1"],
            "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
-           "preset": cfg.preset, "mask_source": cfg.mask_source, "pretrain_wall_s": summary["wall_time_s"],
+           "preset": cfg.preset, "grid": get_config(cfg.preset).grid, "mask_source": cfg.mask_source,
+           "mask_params": cfg.mask_params, "pretrain_wall_s": summary["wall_time_s"],
            "images_per_s": summary["images_per_s"], "eval_wall_s": eval_s}
     write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
                eval_path)
@@ -130,7 +197,9 @@ def write_table(spec: GridSpec) -> Path:
     rows = []
     for path in sorted((project_path(spec.out) / "runs").glob("*/eval.json")):
         rec = read_json(path)
-        rows.append({k: rec[k] for k in TABLE_COLUMNS})
+        row = {k: rec.get(k) for k in TABLE_COLUMNS}
+        row["grid"] = row["grid"] or get_config(rec["preset"]).grid  # tables written before the column existed
+        rows.append(row)
     recorded = project_path(spec.out) / "grid.json"  # every mask the grid has run, in the order it grew
     masks = read_json(recorded)["masks"] if recorded.exists() else spec.masks
     order = {m: i for i, m in enumerate(masks)}
@@ -138,6 +207,49 @@ def write_table(spec: GridSpec) -> Path:
     def write(tmp: Path) -> None:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(project_path(spec.out) / "table.csv", write)
+
+
+BAND_COLUMNS = ["sigma1", "sigma2", "band_centre", "seed", "knn_top1", "linprobe_top1", "mean_cluster_size",
+                "run"]
+
+
+def band_cluster_size(sigma1: float, sigma2: float, grid: int, mask_ratio: float, batch: int = 256) -> float:
+    """Mean visible-cluster size (patches) of green masks with these sigmas (fixed seed)."""
+    masker = make_masker("green", grid, mask_ratio, sigma1=sigma1, sigma2=sigma2)
+    mask, _, _ = masker(batch, generator=torch.Generator().manual_seed(0))
+    return mask_statistics(mask, grid)["cluster_size"]
+
+
+def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> Path:
+    """The band sweep's table.csv: one row per evaluated run, its band (sigma1, sigma2, centre in
+    cycles/patch) and mask statistics, plus the default-green runs of ``default_green`` (the grid
+    whose pretraining settings the sweep shares; checked equal)."""
+    sources = [(spec, [m for m in spec.masks if m != CONTROL])]
+    if default_green is not None:
+        if default_green.pretrain == spec.pretrain and default_green.evaluate == spec.evaluate:
+            sources.append((default_green, ["green"]))
+        else:
+            log.warning("the default-green runs of %s are left out of the band table: other settings",
+                        default_green.out)
+    rows, grid = [], get_config(spec.pretrain["preset"]).grid
+    for source, labels in sources:
+        for label in labels:
+            params = color_params("green", **parse_mask_params(source.variants.get(label, {}).get("mask_params", "")))
+            s1, s2 = params["sigma1"], params["sigma2"]
+            for path in sorted((project_path(source.out) / "runs").glob(f"{label}_seed*/eval.json")):
+                rec = read_json(path)
+                rows.append({"sigma1": s1, "sigma2": s2, "band_centre": round(band_centre(s1, s2), 4),
+                             "seed": rec["seed"], "knn_top1": rec["knn_top1"], "linprobe_top1": rec["linprobe_top1"],
+                             "mean_cluster_size": round(band_cluster_size(s1, s2, grid, spec.pretrain["mask_ratio"]), 3),
+                             "run": repo_relative(path.parent)})
+    rows.sort(key=lambda r: (-r["band_centre"], r["seed"]))
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=BAND_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
     return atomic_write(project_path(spec.out) / "table.csv", write)
@@ -153,25 +265,34 @@ def record_grid(spec: GridSpec) -> None:
         changed = [(f"{part}.{n}", old[part].get(n, "(unset)"), new[part].get(n, "(unset)"))
                    for part in ("pretrain", "evaluate") for n in sorted(set(old[part]) | set(new[part]))
                    if old[part].get(n, "(unset)") != new[part].get(n, "(unset)")]
+        old_variants = old.get("variants", {})
+        changed += [(f"variants.{n}", old_variants[n], v) for n, v in new["variants"].items()
+                    if n in old_variants and old_variants[n] != v]
         if changed:
             raise ValueError(f"{path} holds a grid with other settings ("
                              + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
                              + "): choose another --out")
-        if set(old["masks"]) >= set(new["masks"]) and set(old["seeds"]) >= set(new["seeds"]):
+        more = {m: sorted({*old.get("more_seeds", {}).get(m, ()), *new["more_seeds"].get(m, ())})
+                for m in {*old.get("more_seeds", {}), *new["more_seeds"]}}
+        merged = {"masks": list(dict.fromkeys([*old["masks"], *new["masks"]])),
+                  "seeds": list(dict.fromkeys([*old["seeds"], *new["seeds"]])),
+                  "more_seeds": more, "variants": {**old_variants, **new["variants"]}}
+        if all(merged[k] == (list(old.get(k, {})) if k in ("masks", "seeds") else old.get(k, {})) for k in merged):
             return
-        new["masks"] = list(dict.fromkeys([*old["masks"], *new["masks"]]))
-        new["seeds"] = list(dict.fromkeys([*old["seeds"], *new["seeds"]]))
+        new.update(merged)
     write_json(new, path)
 
 
 def run_grid(spec: GridSpec, device: str = "auto") -> Path:
     """Seed-major order (every mask at seed 0, then seed 1): a grid cut short stays balanced."""
     record_grid(spec)
-    for seed in spec.seeds:
-        for mask in spec.masks:
-            run_one(spec, mask, seed, device)
-            write_table(spec)
-    return write_table(spec)
+    # the band sweep's table is its own (bands, not masks) and includes the grid's default-green runs
+    table = (partial(write_band_table, default_green=GRIDS["cifar10-grid16"]) if spec.variants
+             else write_table)
+    for mask, seed in spec.runs():
+        run_one(spec, mask, seed, device)
+        table(spec)
+    return table(spec)
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -207,7 +328,7 @@ def main(argv: list[str] | None = None) -> Path:
     def run(spec: GridSpec) -> Path:
         # fail fast on a bad grid: every run's config is validated before the first one starts
         for mask in spec.masks:
-            validate(PretrainConfig(**{**spec.pretrain, **({} if mask == CONTROL else {"mask": mask})}))
+            validate(spec.pretrain_config(mask, 0))
         path = run_grid(spec, args.device)
         print(path.read_text())
         return path

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 

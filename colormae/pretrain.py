@@ -24,6 +24,7 @@ from .config import EngineConfig, check_choice, check_positive, config_from_args
 from .engine import cli_main, cosine_schedule, start_run, train_loader
 from .inmemory import TrainAugment
 from .masking import COLORS, KINDS, SOURCES, Masker, make_masker
+from .noise import color_params
 from .model import PRESETS, MaskedAutoencoder, export_encoder, get_config
 from .rundir import ENCODER, LAST, save_torch
 from .runtime import autocast, grad_scaler, wrap_ddp
@@ -43,6 +44,9 @@ class PretrainConfig(EngineConfig):
     mask_ratio: float = knob(0.75, "fraction of patches masked", group="masking")
     mask_source: str = knob("online", "color kinds: 'online' (noise filtered every call) or 'bank' (windows "
                             "cropped from precomputed patterns, the paper's way)", choices=SOURCES, group="masking")
+    mask_params: str = knob("", "color filter parameters overriding colormae.noise.DEFAULT_PARAMS, e.g. "
+                            "'sigma1=0.5,sigma2=1.0' for green (the band sweep); empty: the defaults",
+                            group="masking")
     dataset_length: int | None = knob(None, "embedded dataset: crops per epoch (default 2048); others: an evenly "
                                       "spaced subset", group="data")
     epochs: int = knob(8, "pretraining epochs (may grow when resuming)", group="optimization")
@@ -80,11 +84,27 @@ def masker_for_epoch(maskers: list[tuple[int, Masker]], epoch: int) -> Masker:
     return [m for start, m in maskers if start <= epoch][-1]
 
 
+def parse_mask_params(spec: str) -> dict[str, float]:
+    """"sigma1=0.5,sigma2=1.0" -> {"sigma1": 0.5, "sigma2": 1.0}; "" -> {}."""
+    params = {}
+    for part in filter(None, (s.strip() for s in spec.split(","))):
+        name, eq, value = part.partition("=")
+        try:
+            params[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"mask_params={spec!r}: {part!r} is not name=number; e.g. 'sigma1=0.5,sigma2=1.0'") from None
+        if not eq:
+            raise ValueError(f"mask_params={spec!r}: {part!r} is not name=number; e.g. 'sigma1=0.5,sigma2=1.0'")
+    return params
+
+
 def build_maskers(cfg: PretrainConfig, grid: int, device) -> list[tuple[int, Masker]]:
     maskers = []
+    params = parse_mask_params(cfg.mask_params)
     for start, kind in parse_mask_schedule(cfg.mask):
         source = cfg.mask_source if kind in COLORS else "online"
-        maskers.append((start, make_masker(kind, grid, cfg.mask_ratio, source=source, device=device)))
+        maskers.append((start, make_masker(kind, grid, cfg.mask_ratio, source=source, device=device,
+                                           **(params if kind in COLORS else {}))))
     return maskers
 
 
@@ -98,6 +118,13 @@ def validate(cfg: PretrainConfig) -> None:
     if not 0 < cfg.mask_ratio < 1:
         raise ValueError(f"mask_ratio={cfg.mask_ratio} must be in (0, 1)")
     schedule = parse_mask_schedule(cfg.mask)
+    params = parse_mask_params(cfg.mask_params)
+    if params:
+        colors = [kind for _, kind in schedule if kind in COLORS]
+        if not colors:
+            raise ValueError(f"mask_params={cfg.mask_params!r} applies to color masks, but mask={cfg.mask!r} has none")
+        for kind in colors:
+            color_params(kind, **params)  # names and sigma order, e.g. sigma1 < sigma2
     if schedule[-1][0] >= cfg.epochs:
         raise ValueError(f"mask={cfg.mask!r} switches at epoch {schedule[-1][0]}, but the run has epochs={cfg.epochs} "
                          f"(epochs 0 to {cfg.epochs - 1}): the switch would never happen")

@@ -136,3 +136,66 @@ def test_cifar10_micro_end_to_end_accuracy_is_pinned(tmp_path):
 
 
 PINNED_CIFAR = {"final_loss": 1.57556, "knn_top1": 137 / 512, "linprobe_top1": 122 / 512}
+
+
+def test_grid16_spec_is_one_recipe_with_the_seeds_the_issue_asks_for():
+    spec = experiments.GRIDS["cifar10-grid16"]
+    runs = spec.runs()
+    seeds = {m: sorted(s for label, s in runs if label == m) for m in spec.masks}
+    assert seeds["random"] == seeds["green"] == seeds["none"] == [0, 1, 2]
+    assert all(seeds[m] == [0, 1] for m in ("blue", "purple", "red", "block"))
+    assert len(runs) == len(set(runs)) == 17
+    # every pretraining config differs from random's by the mask alone
+    base = vars(spec.pretrain_config("random", 0))
+    for label in spec.masks:
+        cfg = vars(spec.pretrain_config(label, 0))
+        assert {k for k in base if base[k] != cfg[k]} <= {"mask"}
+        experiments.validate(spec.pretrain_config(label, 0))
+    from colormae.model import get_config
+    assert get_config(spec.pretrain["preset"]).grid == 16 and spec.pretrain["norm_pix_loss"] is True
+
+
+def test_band_centre_is_the_peak_of_the_green_transfer_function():
+    import numpy as np
+    f = np.linspace(1e-4, 0.5, 200001)
+    for s1 in experiments.BAND_SIGMA1 + (0.7,):
+        s2 = 2 * s1
+        band = np.exp(-2 * np.pi ** 2 * s1 ** 2 * f ** 2) - np.exp(-2 * np.pi ** 2 * s2 ** 2 * f ** 2)
+        assert experiments.band_centre(s1, s2) == pytest.approx(f[band.argmax()], abs=1e-4)
+    centres = [experiments.band_centre(s, 2 * s) for s in sorted(experiments.BAND_SIGMA1)]
+    assert centres == sorted(centres, reverse=True) and centres[0] > 0.4 and centres[-1] < 0.08
+
+
+def test_mask_params_reach_the_masker_and_bad_ones_fail_early():
+    from colormae.pretrain import PretrainConfig, build_maskers, parse_mask_params, validate
+    from colormae.mask_stats import mask_statistics
+    assert parse_mask_params("sigma1=0.5, sigma2=1") == {"sigma1": 0.5, "sigma2": 1.0} and parse_mask_params("") == {}
+    sizes = {}
+    for params in ("sigma1=0.35,sigma2=0.7", "sigma1=2,sigma2=4"):
+        cfg = PretrainConfig(mask="green", mask_params=params)
+        validate(cfg)
+        (_, masker), = build_maskers(cfg, 16, "cpu")
+        mask, _, _ = masker(64, generator=__import__("torch").Generator().manual_seed(0))
+        sizes[params] = mask_statistics(mask, 16)["cluster_size"]
+    assert sizes["sigma1=2,sigma2=4"] > 3 * sizes["sigma1=0.35,sigma2=0.7"]  # coarse band: big clusters
+    for bad, match in (("sigma1=2,sigma2=1", "sigma1 < sigma2"), ("sigma=1", "unknown parameter"),
+                       ("sigma1", "name=number"), ("sigma1=x", "name=number")):
+        with pytest.raises(ValueError, match=match):
+            validate(PretrainConfig(mask="green", mask_params=bad))
+    with pytest.raises(ValueError, match="mask_params"):
+        validate(PretrainConfig(mask="random", mask_params="sigma1=0.5,sigma2=1"))
+
+
+def test_band_sweep_table(tmp_path):
+    out = tmp_path / "sweep"
+    experiments.main(["cifar10-band-sweep", "--out", str(out), "--masks", "green_s0.5-1", "green_s2-4",
+                      "--epochs", "1", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+                      "--dataset-length", "32", "--batch-size", "32", "--linprobe-epochs", "2", "--eval-length", "64",
+                      "--device", "cpu"])
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert list(rows[0]) == experiments.BAND_COLUMNS
+    assert [(float(r["sigma1"]), float(r["sigma2"])) for r in rows] == [(0.5, 1.0), (2.0, 4.0)]  # fine to coarse
+    assert float(rows[0]["band_centre"]) == pytest.approx(experiments.band_centre(0.5, 1.0), abs=1e-4)
+    assert float(rows[0]["mean_cluster_size"]) < float(rows[1]["mean_cluster_size"])
+    cfg = __import__("json").loads((out / "runs" / "green_s2-4_seed0" / "config.json").read_text())
+    assert cfg["mask"] == "green" and cfg["mask_params"] == "sigma1=2,sigma2=4"
