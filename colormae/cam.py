@@ -1,0 +1,64 @@
+"""EigenCAM of fine-tuned ViT classifiers (the paper's Fig. 6), through the ``grad-cam`` package.
+
+EigenCAM (Muhammad & Yeasin 2020) projects a layer's activations on their first principal
+component: class-agnostic, no gradients. For a ViT the layer is the last block's ``norm1`` (the
+library's documented choice) and the tokens [B, 1 + g*g, D] are reshaped to a [B, D, g, g] map
+with the library's own ``vit_reshape_transform`` (the [CLS] token dropped).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from functools import partial
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+
+from .rundir import LAST, load_checkpoint
+from .runtime import project_path
+
+log = logging.getLogger(__name__)
+
+
+def load_classifier(path: str | os.PathLike) -> nn.Module:
+    """The timm ViT of a fine-tuning run (``colormae.finetune``, protocol ``finetune``): its run
+    directory or checkpoint file. In eval mode, on the CPU."""
+    path = project_path(path)
+    if path.is_dir():
+        path = path / LAST
+    ckpt = load_checkpoint(path, required=("model", "timm_name", "timm_kwargs", "num_classes"))
+    state = ckpt["model"]
+    if any(k.startswith("head.linear") or k.startswith("head.bn") for k in state):
+        raise ValueError(f"{path} is a linear probe; EigenCAM needs a fine-tuned classifier (protocol 'finetune')")
+    pool = "avg" if "fc_norm.weight" in state else "token"  # MAE fine-tuning pools patch tokens
+    model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=ckpt["num_classes"],
+                              global_pool=pool, **ckpt["timm_kwargs"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def vit_grid(model: nn.Module) -> int:
+    """Side of the ViT's patch grid (timm's PatchEmbed)."""
+    g = model.patch_embed.grid_size
+    if g[0] != g[1]:
+        raise ValueError(f"non-square patch grid {tuple(g)}")
+    return int(g[0])
+
+
+def eigencam(model: nn.Module, imgs: torch.Tensor, layer: nn.Module | None = None) -> np.ndarray:
+    """EigenCAM maps [B, H, W] in [0, 1] (each map min-max scaled by the library) for ``imgs``.
+
+    ``layer`` defaults to ``model.blocks[-1].norm1``; ``model`` is a timm ViT with one [CLS] token.
+    """
+    from pytorch_grad_cam import EigenCAM
+    from pytorch_grad_cam.utils.reshape_transforms import vit_reshape_transform
+
+    if getattr(model, "num_prefix_tokens", 1) != 1:
+        raise ValueError(f"model has {model.num_prefix_tokens} prefix tokens; the ViT reshape drops exactly one")
+    g = vit_grid(model)
+    layer = layer if layer is not None else model.blocks[-1].norm1
+    with EigenCAM(model=model.eval(), target_layers=[layer],
+                  reshape_transform=partial(vit_reshape_transform, height=g, width=g)) as cam:
+        return cam(input_tensor=imgs, targets=None)

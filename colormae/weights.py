@@ -1,0 +1,106 @@
+"""Compact release weights: a pretrained MAE in fp16 with its config (~1 MB for the nano preset).
+
+Run directories hold fp32 training checkpoints (with optimizer state, several MB, git-ignored).
+The figures of the paper need only the MAE itself, so the grid's seed-0 models are committed as
+``results/cifar10_grid16/weights/<mask>.pth`` (fp16 halves the size; reconstructions and attention
+maps do not change visibly) and Fig. 3 / Fig. 5 regenerate from a fresh clone.
+
+    python -m colormae.weights results/cifar10_grid16            # every finished <mask>_seed0 run
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .model import MAEConfig, MaskedAutoencoder
+from .rundir import LAST, RunDir, load_checkpoint, load_mae, repo_relative, save_torch
+from .runtime import project_path
+
+log = logging.getLogger(__name__)
+
+FORMAT = "colormae-compact-mae-v1"
+
+
+def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Write the MAE of pretraining run ``run_dir`` (its checkpoint-last.pth) to ``path`` in fp16,
+    with its config, the run's mask/seed/final loss and where it came from."""
+    run_dir = project_path(run_dir)
+    model = load_mae(run_dir)
+    summary = RunDir(run_dir).read_summary() or {}
+    cfg = summary.get("config", {})
+    if not summary.get("finished", False):
+        log.warning("%s is unfinished (%s epochs done): saving it as it is", run_dir, summary.get("epochs_done"))
+    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
+             for k, v in model.state_dict().items()}
+    record = {"format": FORMAT, "model": state, "mae_config": asdict(model.cfg),
+              "source": repo_relative(run_dir), "mask": cfg.get("mask"), "seed": cfg.get("seed"),
+              "final_loss": summary.get("final_loss"), "epochs_done": summary.get("epochs_done")}
+    return save_torch(record, project_path(path))
+
+
+def load_compact(path: str | os.PathLike) -> MaskedAutoencoder:
+    """The fp32 MAE (eval mode) of a file written by ``save_compact``."""
+    obj = load_checkpoint(project_path(path), required=("format", "model", "mae_config"))
+    if obj["format"] != FORMAT:
+        raise ValueError(f"{path}: format {obj['format']!r}, expected {FORMAT!r}")
+    model = MaskedAutoencoder(MAEConfig(**obj["mae_config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()})
+    return model.eval()
+
+
+def compact_path(grid_dir: str | os.PathLike, mask: str) -> Path:
+    return project_path(grid_dir) / "weights" / f"{mask}.pth"
+
+
+def grid_model(grid_dir: str | os.PathLike, mask: str, seed: int = 0) -> tuple[MaskedAutoencoder, str]:
+    """The pretrained MAE of ``mask`` in a grid, and where it was read from.
+
+    Seed 0: the committed compact file ``<grid_dir>/weights/<mask>.pth`` (what a fresh clone has),
+    else the run directory ``<grid_dir>/runs/<mask>_seed<seed>`` when its checkpoint is present.
+    """
+    compact = compact_path(grid_dir, mask)
+    if seed == 0 and compact.is_file():
+        return load_compact(compact), repo_relative(compact)
+    run = project_path(grid_dir) / "runs" / f"{mask}_seed{seed}"
+    if (run / LAST).is_file():
+        return load_mae(run), repo_relative(run)
+    raise FileNotFoundError(f"no model for mask={mask!r} seed={seed}: neither {repo_relative(compact)} "
+                            f"(seed 0 only) nor {repo_relative(run / LAST)}; run the grid "
+                            f"(python -m colormae.experiments cifar10-grid16) or "
+                            f"python -m colormae.weights {repo_relative(project_path(grid_dir))}")
+
+
+def export_grid(grid_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
+    """Compact copies of every finished ``<mask>_seed<seed>`` run of a grid (the control has no MAE)."""
+    written = []
+    for run in sorted((project_path(grid_dir) / "runs").glob(f"*_seed{seed}")):
+        summary = RunDir(run).read_summary() or {}
+        if not (run / LAST).is_file() or not summary.get("finished"):
+            log.info("skipping %s (no finished pretraining checkpoint)", repo_relative(run))
+            continue
+        mask = run.name[: -len(f"_seed{seed}")]
+        written.append(save_compact(run, compact_path(grid_dir, mask)))
+        log.info("wrote %s (%.2f MB)", repo_relative(written[-1]), written[-1].stat().st_size / 2**20)
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("grid_dir", help="a grid's output folder, e.g. results/cifar10_grid16")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    paths = export_grid(args.grid_dir, args.seed)
+    for path in paths:
+        print(repo_relative(path))
+    return paths
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

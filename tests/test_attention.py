@@ -1,0 +1,76 @@
+"""[CLS] attention (colormae.attention): the recomputed softmax is the block's own, and the
+foreground fraction is exact on hand-made maps."""
+import pytest
+import torch
+
+from colormae.attention import attention_probs, block_attention, cls_attention, foreground_fraction, upsample
+from colormae.model import mae_model
+
+
+def _block_io(model, imgs, block=-1):
+    """What timm's Attention of ``block`` saw (its qkv output) and returned."""
+    attn = model.blocks[block].attn
+    seen = {}
+    h1 = attn.qkv.register_forward_hook(lambda _m, _i, out: seen.__setitem__("qkv", out))
+    h2 = attn.register_forward_hook(lambda _m, _i, out: seen.__setitem__("out", out))
+    with torch.no_grad():
+        model.forward_encoder(imgs, None)
+    h1.remove()
+    h2.remove()
+    return attn, seen["qkv"], seen["out"]
+
+
+@pytest.mark.parametrize("block", [0, -1])
+def test_recomputed_attention_reproduces_the_block_output(block):
+    torch.manual_seed(0)
+    model = mae_model("mae_vit_micro_patch4_32").eval()
+    imgs = torch.randn(3, 3, 32, 32)
+    attn, qkv, out = _block_io(model, imgs, block)
+    probs = attention_probs(attn, qkv)
+    b, n, _ = qkv.shape
+    v = qkv.reshape(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)[2]
+    mixed = (probs @ v).transpose(1, 2).reshape(b, n, -1)
+    torch.testing.assert_close(attn.proj(attn.norm(mixed)), out, atol=1e-5, rtol=1e-4)
+    # and the public entry point returns the same probabilities
+    torch.testing.assert_close(block_attention(model, imgs, block), probs)
+
+
+def test_cls_attention_is_a_distribution_over_the_grid():
+    torch.manual_seed(0)
+    model = mae_model("mae_vit_micro_patch4_32").eval()
+    maps = cls_attention(model, torch.randn(2, 3, 32, 32))
+    assert maps.shape == (2, 8, 8)
+    assert (maps >= 0).all()
+    torch.testing.assert_close(maps.sum((-2, -1)), torch.ones(2))
+
+
+def test_cls_attention_on_a_timm_vit():
+    import timm
+    vit = timm.create_model("vit_base_patch16_224", pretrained=False, img_size=32, patch_size=4, embed_dim=32,
+                            depth=2, num_heads=2, num_classes=3).eval()
+    assert cls_attention(vit, torch.randn(1, 3, 32, 32)).shape == (1, 8, 8)
+
+
+def test_foreground_fraction_exact_on_hand_made_maps():
+    maps = torch.zeros(2, 2, 2)
+    maps[0] = torch.tensor([[0.5, 0.25], [0.125, 0.125]])
+    maps[1] = torch.tensor([[1.0, 1.0], [1.0, 1.0]])  # unnormalized weights are fine
+    masks = torch.zeros(2, 4, 4, dtype=torch.long)
+    masks[0, :2, :2] = 3      # instance id 3 covers the top-left patch entirely
+    masks[1, :2, :1] = 1      # half of the top-left patch
+    masks[1, 2:, 2:] = 2      # all of the bottom-right patch
+    got = foreground_fraction(maps, masks)
+    torch.testing.assert_close(got, torch.tensor([0.5, (0.5 + 1.0) / 4]))
+
+
+def test_foreground_fraction_refuses_mismatched_sizes():
+    with pytest.raises(ValueError, match="multiple"):
+        foreground_fraction(torch.ones(1, 3, 3), torch.ones(1, 4, 4))
+    with pytest.raises(ValueError, match="same B"):
+        foreground_fraction(torch.ones(2, 2, 2), torch.ones(1, 4, 4))
+
+
+def test_upsample_keeps_patches_as_blocks():
+    maps = torch.arange(4.0).reshape(1, 2, 2)
+    up = upsample(maps, 4)
+    assert up.shape == (1, 4, 4) and up[0, 0, 1] == 0 and up[0, 3, 3] == 3
