@@ -1,5 +1,9 @@
-"""Reading experiment outputs back: grid tables, per-mask summaries, loss curves, and the paper's
-own numbers (transcribed, always labelled as the paper's, never mixed with ours)."""
+"""Reading experiment outputs back: grid tables, per-mask summaries, paired confidence intervals and
+what they resolve (in words), loss curves, the band sweep's plot data, and the paper's own numbers
+(transcribed, always labelled as the paper's, never mixed with ours).
+
+Statistics: runs of one seed share model init, data order and augmentation, so two masks are
+compared by their PAIRED per-seed differences, with a t interval over the seeds both have."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +11,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from scipy import stats
+
 from .rundir import read_metrics
 
 MASK_ORDER = ["random", "blue", "green", "purple", "red"]
+CONTROL = "none"  # the untrained encoder (colormae.experiments.CONTROL), evaluated like the others
+METRIC_LABELS = {"knn_top1": "kNN top-1", "linprobe_top1": "linear probe top-1"}
 
 # Paper, Table 1 (ViT-B/16, ImageNet-1K; fine-tuned top-1 %, ADE20K mIoU, COCO AP box) per
 # pretraining epochs. Transcribed from ../shared/paper; these are the paper's numbers, not ours.
@@ -44,11 +52,20 @@ def paper_table1(task: str = "classification_top1") -> pd.DataFrame:
     return df
 
 
-def load_grid_table(out: str | Path) -> pd.DataFrame:
+def load_grid_table(out: str | Path, missing_ok: bool = False) -> pd.DataFrame:
+    """``out/table.csv``; with ``missing_ok`` a grid without a finished run gives an empty table."""
     path = Path(out) / "table.csv"
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run `python -m colormae.experiments cifar10-minirepro` first")
+        if missing_ok:
+            return pd.DataFrame(columns=["mask", "seed", "pretrain_epochs", "final_loss", "knn_top1", "linprobe_top1"])
+        raise FileNotFoundError(f"{path} not found: run `python -m colormae.experiments <grid>` first")
     return pd.read_csv(path)
+
+
+def mask_order(masks) -> list[str]:
+    """The paper's column order first, then any other label (block, the control) in order of appearance."""
+    masks = list(dict.fromkeys(masks))
+    return [m for m in MASK_ORDER if m in masks] + [m for m in masks if m not in MASK_ORDER]
 
 
 def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1", "final_loss")) -> pd.DataFrame:
@@ -60,8 +77,7 @@ def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1",
     g = table.groupby("mask")[list(metrics)]
     out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}, axis=1)
     out.columns = [f"{m}_{stat}" for stat, m in out.columns]
-    order = [m for m in MASK_ORDER if m in out.index] + [m for m in out.index if m not in MASK_ORDER]
-    return out.loc[order]
+    return out.loc[mask_order(out.index)]
 
 
 def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, digits: int = 2) -> pd.Series:
@@ -70,6 +86,101 @@ def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, di
     mean, std, n = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale, summary[f"{metric}_n"]
     return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)" if k == 1
                       else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
+
+
+# ----------------------------------------------------------------------------- paired intervals
+
+def _per_seed(table: pd.DataFrame, mask: str, metric: str) -> pd.Series:
+    rows = table[(table["mask"] == mask) & table[metric].notna()]
+    if rows["seed"].duplicated().any():
+        raise ValueError(f"mask={mask!r} has several rows for seed(s) "
+                         f"{sorted(set(rows.loc[rows['seed'].duplicated(), 'seed']))}: one row per (mask, seed) expected")
+    return rows.set_index("seed")[metric].astype(float)
+
+
+def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Per mask: the paired difference ``mask - reference`` of ``metric`` over the seeds both have.
+
+    Runs of one seed share init, data order and augmentation, so the per-seed differences d_s are
+    what varies with the mask alone. With n = number of common seeds: ``diff`` = mean(d),
+    ``std`` = std(d, ddof=1) and the ``confidence`` interval diff ± t_{(1+confidence)/2, n-1} std / sqrt(n)
+    (Student t, n - 1 degrees of freedom). One common seed: ``diff`` only, interval NaN.
+    ``resolved`` is True when the interval excludes 0. Rows follow :func:`mask_order`; the reference
+    itself and masks without a common seed are left out. Values are in the table's units (fractions).
+    """
+    if metric not in table:
+        raise ValueError(f"metric={metric!r} is not a column of the table; columns: {', '.join(table.columns)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in the open interval (0, 1)")
+    columns = ["mask", "reference", "metric", "n", "seeds", "diff", "std", "ci_low", "ci_high", "resolved", "confidence"]
+    if reference not in set(table["mask"]):
+        return pd.DataFrame(columns=columns).set_index("mask")
+    ref = _per_seed(table, reference, metric)
+    rows = []
+    for mask in mask_order(table["mask"]):
+        if mask == reference:
+            continue
+        x = _per_seed(table, mask, metric)
+        seeds = sorted(set(x.index) & set(ref.index))
+        if not seeds:
+            continue
+        d = (x.loc[seeds] - ref.loc[seeds]).to_numpy()  # aligned by seed, never by row position
+        n = len(d)
+        std = d.std(ddof=1) if n > 1 else float("nan")
+        half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n) if n > 1 else float("nan")
+        lo, hi = d.mean() - half, d.mean() + half
+        rows.append({"mask": mask, "reference": reference, "metric": metric, "n": n, "seeds": seeds,
+                     "diff": d.mean(), "std": std, "ci_low": lo, "ci_high": hi,
+                     "resolved": bool(n > 1 and (lo > 0 or hi < 0)), "confidence": confidence})
+    return pd.DataFrame(rows, columns=columns).set_index("mask")
+
+
+def format_paired(diffs: pd.DataFrame, scale: float = 100.0, digits: int = 2) -> pd.Series:
+    """'+0.40 [-0.30, +1.10] (n=3)' per mask (points by default); one seed: '+0.40 (n=1, no CI)'."""
+    def one(r) -> str:
+        if r["n"] < 2:
+            return f"{r['diff'] * scale:+.{digits}f} (n=1, no CI)"
+        return f"{r['diff'] * scale:+.{digits}f} [{r['ci_low'] * scale:+.{digits}f}, {r['ci_high'] * scale:+.{digits}f}] (n={r['n']})"
+    return pd.Series([one(r) for _, r in diffs.iterrows()], index=diffs.index, dtype=object)
+
+
+def comparison_table(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
+                     control: str = CONTROL, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per mask: mean ± std (n) of ``metric`` in %, and the paired difference in points
+    with its interval to ``reference`` and to the untrained ``control`` ('—' where there is none)."""
+    label = METRIC_LABELS.get(metric, metric)
+    summary = summarize_by_mask(table, metrics=(metric,))
+    out = pd.DataFrame({f"{label} %": format_mean_std(summary, metric)})
+    pct = round(confidence * 100)
+    for ref in (reference, control):
+        diffs = paired_differences(table, metric, ref, confidence)
+        out[f"− {ref} (points) [{pct} % CI]"] = format_paired(diffs).reindex(out.index).fillna("—")
+    out.index.name = "mask"
+    return out
+
+
+def _points(x: float, digits: int) -> str:
+    return f"{x * 100:+.{digits}f}".replace("-", "−")
+
+
+def differences_in_words(diffs: pd.DataFrame, digits: int = 1) -> list[str]:
+    """One sentence per row of :func:`paired_differences`: the difference in points, its interval,
+    and whether it is resolved (the interval excludes 0) with how many seeds. The untrained control
+    is left out unless it is the reference (its difference is then said once, from the masks' side)."""
+    lines = []
+    for mask, r in diffs.iterrows():
+        if mask == CONTROL:
+            continue
+        head = f"{METRIC_LABELS.get(r['metric'], r['metric'])}: {mask} − {r['reference']} = {_points(r['diff'], digits)} points"
+        if r["n"] < 2:
+            lines.append(f"{head} from 1 seed: no interval (needs 2 or more seeds of both), not resolved")
+            continue
+        ci = f"{round(r['confidence'] * 100)} % CI [{_points(r['ci_low'], digits)}, {_points(r['ci_high'], digits)}]"
+        verdict = (f"resolved with {r['n']} seeds ({mask} {'above' if r['diff'] > 0 else 'below'} {r['reference']})"
+                   if r["resolved"] else f"not resolved with {r['n']} seeds")
+        lines.append(f"{head}, {ci}: {verdict}")
+    return lines
 
 
 class Band(tuple):
@@ -127,3 +238,140 @@ def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: 
         std = ys.std(0, ddof=1) if n > 1 else np.zeros_like(xs)
         bands[mask] = Band(xs, ys.mean(0), std, n)
     return bands
+
+
+# ----------------------------------------------------------------------------- band sweep (notebook 06)
+
+BAND_COLUMNS = ["sigma1", "sigma2", "band_centre", "seed", "knn_top1", "linprobe_top1", "mean_cluster_size"]
+
+
+def _default_green() -> tuple[float, float]:
+    from .noise import DEFAULT_PARAMS
+    return float(DEFAULT_PARAMS["green"]["sigma1"]), float(DEFAULT_PARAMS["green"]["sigma2"])
+
+
+def _band_rows(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """BAND_COLUMNS (+ ``source``) from a sweep table, or from grid-style rows (mask_params strings)."""
+    from .experiments import band_centre
+    from .pretrain import parse_mask_params
+    t = table.copy()
+    if "sigma1" not in t or "sigma2" not in t:  # grid-style rows: sigmas in mask_params, empty = defaults
+        s1, s2 = _default_green()
+        params = [parse_mask_params(p if isinstance(p, str) else "") for p in t.get("mask_params", [""] * len(t))]
+        t["sigma1"] = [p.get("sigma1", s1) for p in params]
+        t["sigma2"] = [p.get("sigma2", s2) for p in params]
+    if "band_centre" not in t:
+        t["band_centre"] = [band_centre(a, b) for a, b in zip(t["sigma1"], t["sigma2"])]
+    if "mean_cluster_size" not in t:
+        t["mean_cluster_size"] = np.nan
+    return t[BAND_COLUMNS].assign(source=source)
+
+
+def load_band_sweep(sweep_dir: str | Path, grid_dir: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
+    """The sweep's rows plus the grid's green runs (the default band, several seeds), one row per
+    (band, seed) with BAND_COLUMNS and ``source`` ("sweep" or "grid"); a sweep row wins over a grid
+    row of the same band and seed. Returns ``(rows, sweep_found)``: without ``sweep_dir/table.csv``
+    the rows are the grid's green runs only (or none) and ``sweep_found`` is False."""
+    parts = []
+    sweep_path = Path(sweep_dir) / "table.csv"
+    if sweep_path.exists():
+        parts.append(_band_rows(pd.read_csv(sweep_path), "sweep"))
+    if grid_dir is not None:
+        grid = load_grid_table(grid_dir, missing_ok=True)
+        green = grid[grid["mask"] == "green"]
+        if len(green):
+            parts.append(_band_rows(green, "grid"))
+    if not parts:
+        return pd.DataFrame(columns=[*BAND_COLUMNS, "source"]), sweep_path.exists()
+    rows = pd.concat(parts, ignore_index=True)
+    rows = rows.drop_duplicates(["sigma1", "sigma2", "seed"], keep="first")  # the sweep's own row first
+    return rows.sort_values(["band_centre", "seed"], ascending=[False, True]).reset_index(drop=True), sweep_path.exists()
+
+
+def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1")) -> pd.DataFrame:
+    """Plot data: one row per band (fine to coarse, i.e. falling band centre) with sigma1, sigma2,
+    band_centre, n (seeds) and mean / std (ddof=1; NaN for one seed) of each metric."""
+    g = rows.groupby(["sigma1", "sigma2"])
+    out = g["band_centre"].first().to_frame()
+    out["n"] = g[metrics[0]].count()
+    for m in metrics:
+        out[f"{m}_mean"], out[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1)
+    return out.reset_index().sort_values("band_centre", ascending=False).reset_index(drop=True)
+
+
+def band_mask_statistics(bands, grid: int = 16, mask_ratio: float = 0.75, batch: int = 256,
+                         seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Mask statistics of each green band ``(sigma1, sigma2)`` in ``bands``: ``batch`` online masks
+    on a ``grid`` x ``grid`` grid (as pretraining draws them), :func:`colormae.mask_stats.mask_statistics`.
+    Returns the table (sigma1, sigma2, band_centre, cluster_size = mean visible-cluster size,
+    clustering_vs_random, num_clusters; fine to coarse) and one example [L] mask per band."""
+    import torch
+
+    from .experiments import band_centre
+    from .mask_stats import mask_statistics
+    from .masking import make_masker
+    rows, examples = [], {}
+    for s1, s2 in bands:
+        masker = make_masker("green", grid, mask_ratio, source="online", sigma1=s1, sigma2=s2)
+        mask, _, _ = masker(batch, generator=torch.Generator().manual_seed(seed))
+        st = mask_statistics(mask, grid)
+        rows.append({"sigma1": s1, "sigma2": s2, "band_centre": band_centre(s1, s2), "cluster_size": st["cluster_size"],
+                     "clustering_vs_random": st["clustering_vs_random"], "num_clusters": st["num_clusters"]})
+        examples[(s1, s2)] = mask[0]
+    table = pd.DataFrame(rows).sort_values("band_centre", ascending=False).reset_index(drop=True)
+    return table, examples
+
+
+def pooled_seed_std(table: pd.DataFrame, metric: str) -> tuple[float, int]:
+    """Seed-to-seed std of single runs pooled over the grid's pretrained masks with 2+ seeds:
+    sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) and its degrees of freedom sum (n_i - 1); (NaN, 0) if none."""
+    runs = table[(table["mask"] != CONTROL) & table[metric].notna()]
+    g = runs.groupby("mask")[metric]
+    n, var = g.count(), g.var(ddof=1)
+    dof = int((n[n > 1] - 1).sum())
+    if dof == 0:
+        return float("nan"), 0
+    return float(np.sqrt(((n[n > 1] - 1) * var[n > 1]).sum() / dof)), dof
+
+
+def band_sweep_in_words(summary: pd.DataFrame, grid_table: pd.DataFrame, metric: str = "knn_top1",
+                        confidence: float = 0.95, digits: int = 1) -> list[str]:
+    """Which band scores best on ``metric``, and each band's difference to the default green band
+    with an interval. Bands of the sweep have 1 seed, so the pairing used for the grid is not
+    available: the interval is the two-sample t interval diff ± t s sqrt(1/n_band + 1/n_default),
+    with s the seed std pooled over the grid's masks (:func:`pooled_seed_std`; assumes every band
+    has the same seed noise, and ignores that runs of one seed correlate, which makes it wider)."""
+    label = METRIC_LABELS.get(metric, metric)
+    mean = f"{metric}_mean"
+    if summary.empty:
+        return [f"{label}: no band has results yet"]
+    best = summary.loc[summary[mean].idxmax()]
+    if len(summary) == 1:
+        only = summary.iloc[0]
+        return [f"{label}: only one band has results (σ1 = {only['sigma1']:g}, centre {only['band_centre']:.3f} "
+                f"cycles/patch: {only[mean] * 100:.{digits}f} %, n={int(only['n'])}): nothing to compare yet"]
+    lines = [f"{label}: highest at band centre {best['band_centre']:.3f} cycles/patch (σ1 = {best['sigma1']:g}, "
+             f"σ2 = {best['sigma2']:g}): {best[mean] * 100:.{digits}f} % (n={int(best['n'])}; the highest of "
+             f"{len(summary)} bands)"]
+    s1, s2 = _default_green()
+    default = summary[(summary["sigma1"] == s1) & (summary["sigma2"] == s2)]
+    if default.empty:
+        return lines + [f"{label}: the default green band (σ1 = {s1:g}) has no result: no differences to it"]
+    d = default.iloc[0]
+    s, dof = pooled_seed_std(grid_table, metric)
+    pct = round(confidence * 100)
+    for _, r in summary.iterrows():
+        if (r["sigma1"], r["sigma2"]) == (s1, s2):
+            continue
+        diff = r[mean] - d[mean]
+        head = (f"{label}: σ1 = {r['sigma1']:g} (centre {r['band_centre']:.3f}) − default green (σ1 = {s1:g}) = "
+                f"{_points(diff, digits)} points")
+        if dof == 0:
+            lines.append(f"{head}: no interval (no grid mask has 2 seeds yet to measure the seed noise), not resolved")
+            continue
+        half = stats.t.ppf((1 + confidence) / 2, dof) * s * np.sqrt(1 / r["n"] + 1 / d["n"])
+        resolved = abs(diff) > half
+        lines.append(f"{head}, {pct} % CI [{_points(diff - half, digits)}, {_points(diff + half, digits)}] "
+                     f"({int(r['n'])} vs {int(d['n'])} seeds, seed std pooled over the grid, {dof} dof): "
+                     + (f"resolved ({'above' if diff > 0 else 'below'} the default)" if resolved else "not resolved"))
+    return lines

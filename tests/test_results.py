@@ -157,3 +157,150 @@ def test_loss_bands_leave_out_the_untrained_control(tmp_path):
     table = pd.DataFrame({"mask": ["none", "random"], "seed": [0, 0], "pretrain_epochs": [0.0, 2.0]})
     bands = results.loss_bands(tmp_path, table, points=3, window=1)  # no runs/none_seed0/metrics.jsonl needed
     assert list(bands) == ["random"]
+
+
+# ----------------------------------------------------------------------------- paired intervals (issue #11)
+
+T975 = {1: 12.706204736174707, 2: 4.302652729749464}  # Student t quantiles 0.975 (tables), by dof
+
+
+@pytest.fixture
+def grid():
+    """Per-seed knn differences to random, by hand: green +1, +2, +3 points (seed 3 has no random
+    run: left out); purple -3, -4, -5; blue +1, +3 (2 seeds); red +1 (1 seed). Rows are shuffled so
+    pairing by row position instead of by seed gives other numbers."""
+    rows = [("random", 0, 0.40), ("random", 1, 0.44), ("random", 2, 0.42),
+            ("green", 0, 0.41), ("green", 1, 0.46), ("green", 2, 0.45), ("green", 3, 0.30),
+            ("purple", 0, 0.37), ("purple", 1, 0.40), ("purple", 2, 0.37),
+            ("blue", 0, 0.41), ("blue", 1, 0.47), ("red", 0, 0.41),
+            ("none", 0, 0.30), ("none", 1, 0.35), ("none", 2, 0.31)]
+    table = pd.DataFrame(rows, columns=["mask", "seed", "knn_top1"])
+    table["linprobe_top1"] = table["knn_top1"] + 0.1
+    table["final_loss"] = np.where(table["mask"] == "none", np.nan, 0.3)
+    return table.sample(frac=1.0, random_state=3).reset_index(drop=True)
+
+
+def test_paired_interval_by_hand(grid):
+    d = results.paired_differences(grid, "knn_top1", "random")
+    assert list(d.index) == ["blue", "green", "purple", "red", "none"]
+    g = d.loc["green"]
+    # d = 0.01, 0.02, 0.03 -> mean 0.02, sd 0.01 (ddof=1), half width t(0.975, 2) * 0.01 / sqrt(3)
+    half = T975[2] * 0.01 / math.sqrt(3)
+    assert g["n"] == 3 and g["seeds"] == [0, 1, 2]
+    assert g["diff"] == pytest.approx(0.02) and g["std"] == pytest.approx(0.01)
+    assert g["ci_low"] == pytest.approx(0.02 - half) and g["ci_high"] == pytest.approx(0.02 + half)
+    assert g["ci_low"] == pytest.approx(-0.004841, abs=1e-6)  # z (1.96) would give +0.0087: "resolved"
+    assert not g["resolved"]
+    p = d.loc["purple"]  # -0.03, -0.04, -0.05
+    assert p["ci_high"] == pytest.approx(-0.04 + half) and p["resolved"]
+    b = d.loc["blue"]  # +0.01, +0.03: 2 seeds, 1 dof
+    assert b["n"] == 2 and b["std"] == pytest.approx(0.02 / math.sqrt(2))
+    assert b["ci_high"] == pytest.approx(0.02 + T975[1] * (0.02 / math.sqrt(2)) / math.sqrt(2))
+    r = d.loc["red"]
+    assert r["n"] == 1 and r["diff"] == pytest.approx(0.01) and math.isnan(r["ci_low"]) and not r["resolved"]
+
+
+def test_paired_is_not_unpaired(grid):
+    """Random varies by 4 points across seeds, purple - random only by 2: unpaired (Welch) on the same
+    numbers does not resolve purple, the pairing does; an implementation without the pairing fails."""
+    p = results.paired_differences(grid, "knn_top1", "random").loc["purple"]
+    x = grid[grid["mask"] == "purple"]["knn_top1"]
+    y = grid[grid["mask"] == "random"]["knn_top1"]
+    welch = stats_welch_half(x.to_numpy(), y.to_numpy())
+    assert welch > 0.04  # unpaired: not resolved
+    assert p["ci_high"] - p["diff"] == pytest.approx(T975[2] * 0.01 / math.sqrt(3)) and p["resolved"]
+
+
+def stats_welch_half(x, y):
+    from scipy import stats
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    dof = (vx + vy) ** 2 / (vx ** 2 / (len(x) - 1) + vy ** 2 / (len(y) - 1))
+    return stats.t.ppf(0.975, dof) * math.sqrt(vx + vy)
+
+
+def test_difference_to_the_control_is_paired_too(grid):
+    d = results.paired_differences(grid, "linprobe_top1", "none")
+    # random - none per seed: 0.10, 0.09, 0.11 -> mean 0.10, sd 0.01
+    assert d.loc["random", "diff"] == pytest.approx(0.10) and d.loc["random", "std"] == pytest.approx(0.01)
+    assert d.loc["random", "resolved"] and "none" not in d.index
+
+
+def test_differences_in_words(grid):
+    words = results.differences_in_words(results.paired_differences(grid, "knn_top1", "random"))
+    assert words[1] == "kNN top-1: green − random = +2.0 points, 95 % CI [−0.5, +4.5]: not resolved with 3 seeds"
+    assert words[2] == ("kNN top-1: purple − random = −4.0 points, 95 % CI [−6.5, −1.5]: "
+                        "resolved with 3 seeds (purple below random)")
+    assert words[3].startswith("kNN top-1: red − random = +1.0 points from 1 seed: no interval")
+
+
+def test_comparison_table_strings(grid):
+    t = results.comparison_table(grid, "knn_top1")
+    assert t.loc["green", "kNN top-1 %"] == "40.50 ± 7.33 (n=4)"
+    assert t.loc["green", "− random (points) [95 % CI]"] == "+2.00 [-0.48, +4.48] (n=3)"
+    assert t.loc["random", "− random (points) [95 % CI]"] == "—"
+    assert t.loc["red", "− random (points) [95 % CI]"] == "+1.00 (n=1, no CI)"
+    assert t.loc["green", "− none (points) [95 % CI]"].startswith("+12.00 [")
+
+
+def test_duplicate_seed_rows_are_an_error(grid):
+    with pytest.raises(ValueError, match="several rows"):
+        results.paired_differences(pd.concat([grid, grid.iloc[[0]]]), "knn_top1")
+    with pytest.raises(ValueError, match="metric="):
+        results.paired_differences(grid, "top1")
+
+
+def test_empty_table_renders():
+    empty = results.load_grid_table("/nonexistent/grid", missing_ok=True)
+    assert results.paired_differences(empty, "knn_top1").empty
+    assert results.comparison_table(empty).empty
+
+
+# ----------------------------------------------------------------------------- band sweep
+
+
+def write_sweep(out, rows):
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=results.BAND_COLUMNS).to_csv(out / "table.csv", index=False)
+
+
+def test_band_sweep_joins_the_grids_green_runs(tmp_path, grid):
+    gdir = tmp_path / "grid"
+    gdir.mkdir()
+    grid.assign(mask_params=np.nan).to_csv(gdir / "table.csv", index=False)
+    rows, found = results.load_band_sweep(tmp_path / "sweep", gdir)
+    assert not found and set(rows["source"]) == {"grid"} and len(rows) == 4  # green seeds 0-3
+    assert rows["sigma1"].eq(0.7).all() and rows["band_centre"].iloc[0] == pytest.approx(0.2185, abs=1e-4)
+    write_sweep(tmp_path / "sweep", [(0.35, 0.7, 0.437, 0, 0.40, 0.50, 1.6), (2.0, 4.0, 0.0765, 0, 0.36, 0.45, 19.0),
+                                     (0.7, 1.4, 0.2185, 0, 0.99, 0.99, 3.4)])  # the sweep's own default row wins
+    rows, found = results.load_band_sweep(tmp_path / "sweep", gdir)
+    assert found and len(rows) == 6
+    s = results.band_sweep_summary(rows)
+    assert list(s["sigma1"]) == [0.35, 0.7, 2.0]  # fine to coarse
+    d = s.set_index("sigma1").loc[0.7]
+    assert d["n"] == 4 and d["knn_top1_mean"] == pytest.approx((0.99 + 0.46 + 0.45 + 0.30) / 4)
+    assert math.isnan(s.set_index("sigma1").loc[0.35, "knn_top1_std"])
+
+
+def test_band_sweep_words_interval_by_hand(grid):
+    summary = pd.DataFrame({"sigma1": [0.35, 0.7], "sigma2": [0.7, 1.4], "band_centre": [0.437, 0.21857], "n": [1, 3],
+                            "knn_top1_mean": [0.45, 0.43], "knn_top1_std": [np.nan, 0.01]})
+    s, dof = results.pooled_seed_std(grid, "knn_top1")
+    var = lambda v: np.var(v, ddof=1)  # noqa: E731
+    # random 3, green 4, purple 3, blue 2 seeds (red: 1, none: the control, both left out): 2+3+2+1 dof
+    hand = (2 * var([.40, .44, .42]) + 3 * var([.41, .46, .45, .30]) + 2 * var([.37, .40, .37]) + var([.41, .47])) / 8
+    assert dof == 8 and s == pytest.approx(math.sqrt(hand))
+    words = results.band_sweep_in_words(summary, grid, "knn_top1")
+    assert words[0].startswith("kNN top-1: highest at band centre 0.437 cycles/patch (σ1 = 0.35, σ2 = 0.7): 45.0 % (n=1;")
+    only = results.band_sweep_in_words(summary.iloc[[1]], grid, "knn_top1")
+    assert only == ["kNN top-1: only one band has results (σ1 = 0.7, centre 0.219 cycles/patch: 43.0 %, n=3): "
+                    "nothing to compare yet"]
+    half = 2.306004135204166 * s * math.sqrt(1 + 1 / 3)  # t(0.975, 8)
+    assert f"[{(0.02 - half) * 100:+.1f}".replace("-", "−") in words[1]
+    assert words[1].endswith("not resolved") and "1 vs 3 seeds" in words[1]
+
+
+def test_band_mask_statistics_cluster_size_grows_with_sigma():
+    table, examples = results.band_mask_statistics([(0.35, 0.7), (1.0, 2.0)], grid=16, batch=64)
+    assert list(table["sigma1"]) == [0.35, 1.0]
+    assert table["cluster_size"].iloc[1] > 2 * table["cluster_size"].iloc[0]
+    assert examples[(1.0, 2.0)].shape == (256,) and int(examples[(1.0, 2.0)].sum()) == 192  # 75 % masked
