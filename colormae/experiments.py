@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import pretrain
+from . import finetune, pretrain
 from .config import differences
 from .engine import cli_main
 from .evaluate import evaluate_frozen
@@ -35,14 +35,14 @@ from .masking import make_masker
 from .model import get_config, untrained_encoder
 from .noise import color_params
 from .pretrain import PretrainConfig, parse_mask_params, validate
-from .rundir import (RunDir, atomic_write, check_same_experiment, config_record, read_json, repo_relative,
-                     write_json)
+from .rundir import (CONFIG, ENCODER, RunDir, atomic_write, check_same_experiment, config_record, read_json, repo_relative,
+                     save_torch, write_json)
 from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["mask", "seed", "pretrain_epochs", "final_loss", "knn_top1", "knn_top5", "linprobe_top1",
-                 "linprobe_top5", "preset", "grid", "mask_source", "mask_params", "pretrain_wall_s", "images_per_s",
+                 "linprobe_top5", "finetune_top1", "preset", "grid", "mask_source", "mask_params", "pretrain_wall_s", "images_per_s",
                  "eval_wall_s"]
 
 
@@ -58,6 +58,8 @@ class GridSpec:
     seeds: tuple[int, ...] = (0, 1)
     more_seeds: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)
+    # end-to-end fine-tuning of every encoder (FinetuneConfig fields; None: frozen evaluation only)
+    finetune: dict | None = None
     out: str = "results/cifar10_minirepro"  # relative paths: from the repository root
     # pretraining (see PretrainConfig); everything but mask and seed is shared by all runs
     pretrain: dict = field(default_factory=lambda: dict(
@@ -92,6 +94,16 @@ GRID16_PRETRAIN = dict(
 # 1000 each); every run is tested on all 10k test images. Full-train features would cost as much
 # as another pretraining epoch per run.
 GRID16_EVALUATE = dict(linprobe_epochs=100, knn_k=20, amp="auto", batch_size=512, train_length=10000)
+
+# The same grid at GPU scale (`--scale gpu`, issue #11 section 5): 8x longer pretraining, 5 seeds for
+# none / random / green, the full 50k training images for kNN and the probe, and end-to-end fine-tuning
+# of every encoder (the paper's Table 1 metric; the finetune engine's MAE recipe, 10 epochs). Sized by
+# estimate for <= ~8 minutes on one H100 (the nano model at ~30k img/s); not yet run on a GPU.
+GRID16_GPU = dict(
+    out="results/cifar10_grid16_gpu", more_seeds={"none": (2, 3, 4), "random": (2, 3, 4), "green": (2, 3, 4)},
+    pretrain={**GRID16_PRETRAIN, "epochs": 8, "batch_size": 256, "warmup_epochs": 1.0},
+    evaluate={**GRID16_EVALUATE, "train_length": None, "batch_size": 1024},
+    finetune={"epochs": 10, "batch_size": 256, "amp": "auto", "num_workers": 8})
 
 # Green band sweep: sigma2 = 2 sigma1 (the paper's green shape) from near-blue to near-red. The band's
 # centre, the peak of G(sigma1) - G(sigma2), is sqrt(ln(sigma2^2/sigma1^2) / (2 pi^2 (sigma2^2 -
@@ -131,6 +143,8 @@ CONTROL = "none"
 def _reuse_eval(eval_path: Path, spec: GridSpec) -> dict:
     rec = read_json(eval_path)
     changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
+    if (rec.get("finetune_config") or None) != (spec.finetune or None):
+        changed.append(("finetune", rec.get("finetune_config"), spec.finetune))
     if changed:
         raise ValueError(f"{eval_path} was evaluated with other settings ("
                          + "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in changed)
@@ -139,56 +153,56 @@ def _reuse_eval(eval_path: Path, spec: GridSpec) -> dict:
     return rec
 
 
+def _device(device: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def _evaluate(spec: GridSpec, encoder, cfg: PretrainConfig, seed: int, device: str) -> tuple[dict, float]:
     timer = Timer()
-    ev = evaluate_frozen(encoder, cfg.dataset, cfg.data_root, device=device if device != "auto" else "cpu",
-                         seed=seed, **spec.evaluate)
+    ev = evaluate_frozen(encoder, cfg.dataset, cfg.data_root, device=_device(device), seed=seed,
+                         **spec.evaluate)
     return ev, timer.elapsed
 
 
-def run_control(spec: GridSpec, seed: int, device: str = "auto") -> dict:
-    """The untrained encoder of ``seed``, evaluated like every pretrained one."""
-    run_dir = project_path(spec.out) / "runs" / f"{CONTROL}_seed{seed}"
-    cfg = spec.pretrain_config(CONTROL, seed, output_dir=repo_relative(run_dir))
-    if (run_dir / "config.json").exists():
-        check_same_experiment(read_json(run_dir / "config.json"), cfg, run_dir)
-    if (run_dir / "eval.json").exists():
-        return _reuse_eval(run_dir / "eval.json", spec)
-    mcfg = get_config(cfg.preset, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
-    export = untrained_encoder(cfg.preset, seed, **({} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}))
-    write_json(config_record(cfg), run_dir / "config.json")
-    ev, eval_s = _evaluate(spec, export, cfg, seed, device)
-    row = {"mask": CONTROL, "seed": seed, "pretrain_epochs": 0, "final_loss": None, "knn_top1": ev["knn_top1"],
-           "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
-           "preset": cfg.preset, "grid": mcfg.grid, "mask_source": None, "mask_params": None, "pretrain_wall_s": 0.0,
-           "images_per_s": None,
-           "eval_wall_s": eval_s}
-    write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
-               run_dir / "eval.json")
-    return row
+def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, device: str) -> dict:
+    """End-to-end fine-tuning of the run's encoder (GPU scale: the paper's Table 1 metric)."""
+    ft = finetune.FinetuneConfig(**{**spec.finetune, "encoder": repo_relative(encoder), "protocol": "finetune",
+                                    "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": seed,
+                                    "device": device, "resume": "auto",
+                                    "output_dir": repo_relative(encoder.parent / "finetune")})
+    return finetune.run(ft)
 
 
 def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
-    one run; the evaluation is reused when eval.json was made with the same settings."""
+    one run; the evaluation is reused when eval.json was made with the same settings. The control
+    (``none``) evaluates the untrained encoder of ``seed``: the init its pretraining would start from."""
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
     cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device)
-    if mask == CONTROL:
-        return run_control(spec, seed, device)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
         check_same_experiment(RunDir(run_dir).read_config() or {}, cfg, run_dir)
         return _reuse_eval(eval_path, spec)
-    summary = pretrain.run(cfg)
-    ev, eval_s = _evaluate(spec, run_dir, cfg, seed, device)
-    row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"],
-           "final_loss": summary["final_loss"], "knn_top1": ev["knn_top1"],
-           "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"], "linprobe_top5": ev["linprobe_top5"],
-           "preset": cfg.preset, "grid": get_config(cfg.preset).grid, "mask_source": cfg.mask_source,
-           "mask_params": cfg.mask_params, "pretrain_wall_s": summary["wall_time_s"],
+    if mask == CONTROL:
+        if (run_dir / CONFIG).exists():
+            check_same_experiment(read_json(run_dir / CONFIG), cfg, run_dir)
+        overrides = {} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}
+        encoder = save_torch(untrained_encoder(cfg.preset, seed, **overrides), run_dir / ENCODER)
+        write_json(config_record(cfg), run_dir / CONFIG)
+        summary = {"epochs_done": 0, "final_loss": None, "wall_time_s": 0.0, "images_per_s": None}
+    else:
+        summary = pretrain.run(cfg)
+        encoder = run_dir / ENCODER
+    ev, eval_s = _evaluate(spec, encoder, cfg, seed, device)
+    ft = _finetune(spec, encoder, cfg, seed, device) if spec.finetune else {}
+    row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"], "final_loss": summary["final_loss"],
+           "knn_top1": ev["knn_top1"], "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"],
+           "linprobe_top5": ev["linprobe_top5"], "finetune_top1": ft.get("top1"), "preset": cfg.preset,
+           "grid": get_config(cfg.preset).grid, "mask_source": None if mask == CONTROL else cfg.mask_source,
+           "mask_params": None if mask == CONTROL else cfg.mask_params, "pretrain_wall_s": summary["wall_time_s"],
            "images_per_s": summary["images_per_s"], "eval_wall_s": eval_s}
-    write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate, "evaluation": ev},
-               eval_path)
+    write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate,
+                "finetune_config": spec.finetune, "evaluation": ev}, eval_path)
     return row
 
 
@@ -265,6 +279,8 @@ def record_grid(spec: GridSpec) -> None:
         changed = [(f"{part}.{n}", old[part].get(n, "(unset)"), new[part].get(n, "(unset)"))
                    for part in ("pretrain", "evaluate") for n in sorted(set(old[part]) | set(new[part]))
                    if old[part].get(n, "(unset)") != new[part].get(n, "(unset)")]
+        if (old.get("finetune") or None) != (new["finetune"] or None):
+            changed.append(("finetune", old.get("finetune"), new["finetune"]))
         old_variants = old.get("variants", {})
         changed += [(f"variants.{n}", old_variants[n], v) for n, v in new["variants"].items()
                     if n in old_variants and old_variants[n] != v]
@@ -300,7 +316,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("grid", choices=sorted(GRIDS))
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--masks", nargs="+", default=None, help=f"mask kinds, and '{CONTROL}' for the untrained control")
-    p.add_argument("--seeds", nargs="+", type=int, default=None)
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="these seeds for every mask (default: the grid's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--preset", default=None)
     p.add_argument("--dataset", default=None)
@@ -308,16 +324,21 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--dataset-length", type=int, default=None, help="subset of the training split (smoke runs)")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--linprobe-epochs", type=int, default=None)
+    p.add_argument("--finetune-epochs", type=int, default=None, help="grids that fine-tune (--scale gpu)")
     p.add_argument("--eval-length", type=int, default=None, help="subset of train and test for evaluation (smoke runs)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
+                   help="cifar10-grid16 only: 'gpu' = the longer, 5-seed, fine-tuned version (results/cifar10_grid16_gpu)")
     args = p.parse_args(argv)
-    spec = replace(GRIDS[args.grid])
+    if args.scale == "gpu" and args.grid != "cifar10-grid16":
+        p.error(f"--scale gpu applies to cifar10-grid16, not {args.grid}")
+    spec = replace(GRIDS[args.grid], **(GRID16_GPU if args.scale == "gpu" else {}))
     if args.out:
         spec.out = args.out
     if args.masks:
         spec.masks = tuple(args.masks)
-    if args.seeds is not None:
-        spec.seeds = tuple(args.seeds)
+    if args.seeds is not None:  # exactly these seeds for every mask
+        spec.seeds, spec.more_seeds = tuple(args.seeds), {}
     overrides = {"epochs": args.epochs, "preset": args.preset, "dataset": args.dataset, "data_root": args.data_root,
                  "dataset_length": args.dataset_length, "batch_size": args.batch_size}
     spec.pretrain = {**spec.pretrain, **{k: v for k, v in overrides.items() if v is not None}}
@@ -325,10 +346,19 @@ def main(argv: list[str] | None = None) -> Path:
         spec.evaluate = {**spec.evaluate, "linprobe_epochs": args.linprobe_epochs}
     if args.eval_length is not None:
         spec.evaluate = {**spec.evaluate, "train_length": args.eval_length, "test_length": args.eval_length}
+        if spec.finetune:
+            spec.finetune = {**spec.finetune, "train_length": args.eval_length, "test_length": args.eval_length}
+    if spec.finetune and args.finetune_epochs is not None:
+        spec.finetune = {**spec.finetune, "epochs": args.finetune_epochs}
+    if spec.finetune and args.batch_size is not None:
+        spec.finetune = {**spec.finetune, "batch_size": args.batch_size}
     def run(spec: GridSpec) -> Path:
         # fail fast on a bad grid: every run's config is validated before the first one starts
         for mask in spec.masks:
             validate(spec.pretrain_config(mask, 0))
+        if spec.finetune:
+            finetune.validate(finetune.resolve_defaults(finetune.FinetuneConfig(
+                **{**spec.finetune, "encoder": "(each run)", "protocol": "finetune"})))
         path = run_grid(spec, args.device)
         print(path.read_text())
         return path

@@ -120,6 +120,9 @@ def validate(cfg: FinetuneConfig) -> None:
     if cfg.protocol != "knn":
         check_positive(cfg, "epochs", "blr")
     if cfg.protocol == "finetune":
+        if cfg.pipeline not in ("auto", "files"):
+            raise ValueError(f"pipeline={cfg.pipeline!r}: fine-tuning's augmentation (RandAugment, random erasing) "
+                             "runs per image; allowed values here: auto, files")
         if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
             raise ValueError(f"batch_size={cfg.batch_size} must be even with mixup/cutmix (timm mixes flipped pairs)")
         if not 0 < cfg.layer_decay <= 1 or not 0 <= cfg.drop_path < 1 or not 0 <= cfg.smoothing < 1:

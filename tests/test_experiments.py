@@ -199,3 +199,20 @@ def test_band_sweep_table(tmp_path):
     assert float(rows[0]["mean_cluster_size"]) < float(rows[1]["mean_cluster_size"])
     cfg = __import__("json").loads((out / "runs" / "green_s2-4_seed0" / "config.json").read_text())
     assert cfg["mask"] == "green" and cfg["mask_params"] == "sigma1=2,sigma2=4"
+
+
+def test_gpu_scale_grid_fine_tunes_every_encoder_including_the_control(tmp_path):
+    """--scale gpu on CPU with tiny settings: each run (and the untrained control) is fine-tuned."""
+    out = tmp_path / "gpu"
+    experiments.main(["cifar10-grid16", "--scale", "gpu", "--out", str(out), "--masks", "none", "green", "--seeds", "0",
+                      "--epochs", "1", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+                      "--dataset-length", "32", "--batch-size", "16", "--linprobe-epochs", "2", "--eval-length", "32",
+                      "--finetune-epochs", "1", "--device", "cpu"])
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert [r["mask"] for r in rows] == ["none", "green"]  # --seeds: exactly these, no extra seeds
+    for r in rows:
+        assert 0.0 <= float(r["finetune_top1"]) <= 1.0
+    for label in ("none", "green"):
+        assert (out / "runs" / f"{label}_seed0" / "finetune" / "summary.json").exists()
+    with pytest.raises(SystemExit):
+        experiments.main(["cifar10-minirepro", "--scale", "gpu"])
