@@ -80,3 +80,56 @@ def foreground_fraction(maps: torch.Tensor, masks: torch.Tensor) -> torch.Tensor
     share = F.avg_pool2d((masks != 0).float()[:, None], (h // g, w // g))[:, 0]  # [B, g, g]
     maps = maps.float()
     return (maps * share).sum((-2, -1)) / maps.sum((-2, -1))
+
+
+# -- data and figure (Fig. 5) ---------------------------------------------------------------------
+
+def resize_batch(images: list[torch.Tensor], masks: list[torch.Tensor] | None, img_size: int,
+                 mask_scale: int = 4) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 images [3, H, W] (any sizes) -> normalized [B, 3, S, S] (ImageNet statistics, the
+    engines' eval normalization) and their masks -> [B, S*mask_scale, S*mask_scale] (nearest).
+
+    The whole image is resized (aspect ratio not kept), so image and mask stay aligned and the
+    person is never cropped away."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    mean = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    imgs = torch.stack([(F.interpolate(im[None].float() / 255, size=(img_size, img_size), mode="bilinear",
+                                       antialias=True, align_corners=False)[0] - mean) / std for im in images])
+    if masks is None:
+        return imgs, None
+    side = img_size * mask_scale
+    fg = torch.stack([F.interpolate(m[None, None].float(), size=(side, side), mode="nearest")[0, 0] for m in masks])
+    return imgs, fg
+
+
+def plot_attention(imgs: torch.Tensor, maps: dict[str, torch.Tensor], *, title: str | None = None,
+                   col_titles: list[str] | None = None, size: float = 1.3, alpha: float = 0.6):
+    """DINO-style figure: a row of images, then one row per encoder (label -> [B, g, g] [CLS]
+    attention) with the map upsampled (bilinear) and overlaid; each map scaled to its own max.
+    ``col_titles``: one per image (e.g. the dataset), shown above the first row."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from .figures import to_display
+    shown = to_display(imgs)
+    n, h = len(shown), shown.shape[1]
+    fig = Figure(figsize=(size * n + 1.2, size * (1 + len(maps)) + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(1 + len(maps), n, squeeze=False))
+    for r, (label, m) in enumerate([("image", None), *maps.items()]):
+        up = None if m is None else upsample(m, h, mode="bilinear").numpy()
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(shown[c], interpolation="nearest")
+            if up is not None:
+                ax.imshow(up[c] / up[c].max(), cmap="inferno", alpha=alpha, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -62,3 +62,38 @@ def eigencam(model: nn.Module, imgs: torch.Tensor, layer: nn.Module | None = Non
     with EigenCAM(model=model.eval(), target_layers=[layer],
                   reshape_transform=partial(vit_reshape_transform, height=g, width=g)) as cam:
         return cam(input_tensor=imgs, targets=None)
+
+
+def plot_cams(imgs: torch.Tensor, cams: dict[str, np.ndarray], *, title: str | None = None, size: float = 1.3,
+              alpha: float = 0.5):
+    """The paper's Fig. 6 layout: a row of images, then one row per classifier (label -> [B, H, W]
+    EigenCAM in [0, 1]) overlaid with the jet colormap (grad-cam's convention)."""
+    from matplotlib.figure import Figure
+
+    from .figures import to_display
+    shown = to_display(imgs)
+    n = len(shown)
+    fig = Figure(figsize=(size * n + 1.2, size * (1 + len(cams)) + (0.4 if title else 0)))
+    axes = np.atleast_2d(fig.subplots(1 + len(cams), n, squeeze=False))
+    for r, (label, cam) in enumerate([("image", None), *cams.items()]):
+        for c in range(n):
+            ax = axes[r, c]
+            ax.imshow(shown[c], interpolation="nearest")
+            if cam is not None:
+                ax.imshow(cam[c], cmap="jet", alpha=alpha, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c == 0:
+                ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def encoder_as_vit(mae: nn.Module) -> nn.Module:
+    """A pretrained MAE's encoder as a stock timm ViT (random 1-class head: EigenCAM ignores it) —
+    the stand-in when no fine-tuned classifier exists."""
+    from .model import export_encoder, timm_vit_from_export
+    vit, _ = timm_vit_from_export(export_encoder(mae), num_classes=1, global_pool="token")
+    return vit.eval()

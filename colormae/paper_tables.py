@@ -88,3 +88,41 @@ def paper_table4() -> pd.DataFrame:
     df = pd.DataFrame(PAPER_TABLE4, index=TABLE4_COLUMNS).T
     df.index.name = "paper: ViT-B/16 mask (colors: bank)"
     return df
+
+
+# -- the commands that would produce Table 2's cells at the paper's scale (8 GPUs) ---------------
+
+_PRETRAIN = ("torchrun --nproc_per_node 8 -m colormae.pretrain --preset {preset} --dataset imagefolder "
+             "--data-root /imagenet --epochs {epochs} --batch-size 256 --accum-iter 2 --blr 1.5e-4 --warmup-epochs 40 "
+             "--mask {mask} --mask-source bank --device cuda --num-workers 10 --output-dir {run}")
+_DOWNSTREAM = {
+    # MAE's ViT-L fine-tuning recipe: 50 epochs, blr 1e-3, layer decay 0.75, drop path 0.2
+    "imagenet_top1": ("torchrun --nproc_per_node 8 -m colormae.finetune --encoder {run} --protocol finetune "
+                      "--dataset imagefolder --data-root /imagenet --epochs 50 --batch-size 128 --blr 1e-3 "
+                      "--layer-decay 0.75 --drop-path 0.2 --warmup-epochs 5 --device cuda --num-workers 10 "
+                      "--output-dir {run}_ft"),
+    "ade20k_miou": ("torchrun --nproc_per_node 8 -m colormae.segment --encoder {run} --data-root /data "
+                    "--batch-size 2 --amp bf16 --output-dir {run}_ade20k"),
+    "coco_ap_box_768": ("torchrun --nproc_per_node 8 -m colormae.detect --encoder {run} --data coco --data-root /coco "
+                        "--img-size 768 --epochs 100 --batch-size 8 --output-dir {run}_coco768"),
+    "coco_ap_box_1024": ("torchrun --nproc_per_node 8 -m colormae.detect --encoder {run} --data coco "
+                         "--data-root /coco --img-size 1024 --epochs 100 --batch-size 8 --output-dir {run}_coco1024"),
+}
+
+
+def table2_commands(part: str = "a") -> pd.DataFrame:
+    """For every cell of ``paper_table2(part)``: the pretraining command, then the downstream one
+    (``&&``), with the run directories they write (``results/paper_scale/...``)."""
+    paper = paper_table2(part)
+    preset = "mae_vit_large_patch16" if part == "a" else "mae_vit_base_patch16"
+    cells = {}
+    for (metric, epochs), row in paper.iterrows():
+        for mask in row.index:
+            run = f"results/paper_scale/{preset.split('_')[2]}_{mask}_{epochs}e"
+            cmd = _PRETRAIN.format(preset=preset, epochs=epochs, mask=mask, run=run)
+            if mask == "random":
+                cmd = cmd.replace(" --mask-source bank", "")
+            cells[(metric, epochs, mask)] = cmd + " && " + _DOWNSTREAM[metric].format(run=run)
+    df = pd.Series(cells).unstack()
+    df.index.names = paper.index.names
+    return df.reindex(paper.index)[list(paper.columns)]
