@@ -1,0 +1,335 @@
+"""Semantic segmentation: UperNet on a pretrained ViT encoder (the paper's ADE20K protocol).
+CLI: ``python -m colormae.segment --encoder RUN_DIR`` (or under ``torchrun --nproc_per_node N``).
+
+Two recipes fill the knobs left at None (``RECIPES``; an explicit flag always wins):
+
+* ``paper`` (GPUs): the official ColorMAE config ``colormae-base_upernet_8xb2-amp-160k_ade20k-512x512``
+  (mmseg): ADE20K (150 classes, label 0 ignored), features of blocks [3, 5, 7, 11], neck rescales
+  [4, 2, 1, 0.5], UperNet (768 channels for ViT-B = the encoder width; 1024 for ViT-L) + auxiliary
+  FCN (256 channels, loss weight 0.4), drop path 0.1, AdamW lr 1e-4, betas (0.9, 0.999), weight
+  decay 0.05, layer decay 0.65, linear warmup 1500 iterations then poly decay to 0 at 160k, batch
+  16 (8 GPUs x 2: ``--batch-size 2`` under torchrun), crop 512, test images resized to a 512 short
+  side, sliding-window inference (crop 512, stride 341), mIoU. Use ``--amp bf16`` for mixed precision.
+* ``cpu`` (this machine, Penn-Fudan): 2 classes (background / person, fixed split: the first 120
+  images by name train, the last 50 test), 128-px crops, the encoder's grid kept (a 32-px CIFAR
+  encoder with patch 2 gets patch 8: see ``colormae.backbone``), head width = encoder width.
+
+The paper's 8-GPU run::
+
+    torchrun --nproc_per_node 8 -m colormae.segment --encoder RUN_DIR --data-root /data \\
+        --batch-size 2 --amp bf16 --output-dir results/segment/ade20k
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
+
+from .backbone import transfer_export
+from .config import EngineConfig, check_choice, check_positive, config_from_args, knob
+from .dense_data import (IGNORE_INDEX, SEG_DATA, SEG_NUM_CLASSES, SegmentationData, TrainCrops, build_segmentation,
+                         rescale_factor, resize_normalize)
+from .engine import cli_main, start_run
+from .model import untrained_encoder
+from .rundir import ENCODER, atomic_write, load_encoder, read_json, repo_relative, save_torch
+from .runtime import DistInfo, GlobalBatchSampler, SeededSamples, autocast, grad_scaler, project_path, wrap_ddp
+from .upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
+
+log = logging.getLogger(__name__)
+
+RECIPES = {
+    "paper": dict(data="ade20k", crop_size=512, test_scale=512, slide_stride=341, keep_grid=False,
+                  iterations=160_000, batch_size=16, warmup_iters=1500, eval_every=16_000),
+    # sized from measurements: nano encoder, one idle core: ~0.75 s CPU per iteration (batch 8), ~5 s to
+    # evaluate 50 test images: ~2.7 min per run, ~32 min for the 12 runs of run_pennfudan_experiment
+    "cpu": dict(data="pennfudan", crop_size=128, test_scale=128, slide_stride=85, keep_grid=True, head_channels=32,
+                iterations=200, batch_size=8, warmup_iters=20, eval_every=0),
+}
+AUX_WEIGHT = 0.4
+BETAS = (0.9, 0.999)
+WARMUP_START = 1e-6  # mmseg's LinearLR start_factor
+
+
+@dataclass
+class SegmentConfig(EngineConfig):
+    encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
+                               path=True)
+    recipe: str = knob("paper", "fills the knobs left unset: 'paper' (ADE20K, GPUs) or 'cpu' (Penn-Fudan)",
+                       choices=tuple(RECIPES), group="optimization")
+    data: str | None = knob(None, "pennfudan (2 classes, fixed split), ade20k (ADEChallengeData2016 layout) or "
+                            "folder (<data-root>/{images,masks}/{train,val}/); --dataset belongs to the "
+                            "classification engines", choices=SEG_DATA, group="data")
+    num_classes: int | None = knob(None, "folder: required; others: a check", group="data")
+    train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
+    test_length: int | None = knob(None, "an evenly spaced subset of the test images", group="data")
+    crop_size: int | None = knob(None, "training crop and sliding window (paper 512)", group="data")
+    test_scale: int | None = knob(None, "short side images are resized to (long side <= 4x); training rescales "
+                                  "it by 0.5-2x", group="data")
+    cat_max_ratio: float = knob(0.75, "re-draw a training crop (up to 10 times) while one class covers more than "
+                                "this fraction", group="data")
+    keep_grid: bool | None = knob(None, "resample the patch embedding so that the crop has the encoder's token "
+                                  "grid (else: keep the patch size, interpolate positions)", group="model")
+    drop_path: float = knob(0.1, "stochastic depth rate", group="model")
+    head_channels: int | None = knob(None, "UperNet width (default: the encoder width, 768 for ViT-B)",
+                                     group="model")
+    aux_channels: int | None = knob(None, "auxiliary FCN width (default: min(256, width / 3))", group="model")
+    iterations: int | None = knob(None, "optimizer steps (paper 160k)", group="optimization")
+    batch_size: int | None = knob(None, "images per process (paper 16 = 8 GPUs x 2)", group="optimization")
+    lr: float = knob(1e-4, "AdamW peak learning rate", group="optimization")
+    weight_decay: float = knob(0.05, "AdamW weight decay", group="optimization")
+    layer_decay: float = knob(0.65, "layer-wise lr decay", group="optimization")
+    warmup_iters: int | None = knob(None, "linear warmup, then poly decay (power 1) to 0", group="optimization")
+    slide_stride: int | None = knob(None, "sliding-window stride at test time (0: whole-image inference)",
+                                    group="evaluation")
+    eval_every: int | None = knob(None, "iterations between test evaluations (0: only at the end)",
+                                  group="evaluation")
+    output_dir: str = knob("results/segment/default", "the run directory (relative paths: from the repository "
+                           "root)", experiment=False, path=True)
+
+    @property
+    def epochs(self) -> None:
+        """None: the length is ``iterations`` (the scaffold's finished-run check and log read ``epochs``)."""
+        return None
+
+
+def resolve_defaults(cfg: SegmentConfig) -> SegmentConfig:
+    """Fill the None knobs from ``cfg.recipe``."""
+    check_choice("recipe", cfg.recipe, tuple(RECIPES))
+    return replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
+
+
+def validate(cfg: SegmentConfig) -> None:
+    """Everything checkable before the encoder or data are touched."""
+    if cfg.encoder is None:
+        raise ValueError("encoder is required: a pretraining run directory, encoder.pth or checkpoint")
+    check_choice("data", cfg.data, SEG_DATA)
+    check_positive(cfg, "crop_size", "test_scale", "iterations", "batch_size", "lr", "train_length", "test_length",
+                   "head_channels", "aux_channels", "num_classes")
+    check_positive(cfg, "weight_decay", "warmup_iters", "slide_stride", "eval_every",
+                   allow_zero=("weight_decay", "warmup_iters", "slide_stride", "eval_every"))
+    if cfg.data == "folder" and cfg.num_classes is None:
+        raise ValueError("data='folder' needs num_classes (the classes in the masks; 255 = ignore)")
+    if cfg.data in SEG_NUM_CLASSES and cfg.num_classes not in (None, SEG_NUM_CLASSES[cfg.data]):
+        raise ValueError(f"num_classes={cfg.num_classes}, but {cfg.data} has {SEG_NUM_CLASSES[cfg.data]}")
+    if cfg.slide_stride > cfg.crop_size:
+        raise ValueError(f"slide_stride={cfg.slide_stride} > crop_size={cfg.crop_size} would skip pixels")
+    if not 0 < cfg.layer_decay <= 1 or not 0 <= cfg.drop_path < 1 or not 0 < cfg.cat_max_ratio <= 1:
+        raise ValueError(f"need 0 < layer_decay <= 1, 0 <= drop_path < 1, 0 < cat_max_ratio <= 1; got "
+                         f"{cfg.layer_decay}, {cfg.drop_path}, {cfg.cat_max_ratio}")
+
+
+def transfer_for(export: dict, cfg: SegmentConfig) -> dict:
+    """The encoder adapted to ``cfg.crop_size`` (keep_grid: patch = crop / pretraining grid)."""
+    kw = export["timm_kwargs"]
+    patch = None
+    if cfg.keep_grid:
+        grid = kw["img_size"] // kw["patch_size"]
+        if cfg.crop_size % grid:
+            raise ValueError(f"keep_grid: crop_size={cfg.crop_size} is not a multiple of the encoder's "
+                             f"{grid}x{grid} grid; choose a crop divisible by {grid}")
+        patch = cfg.crop_size // grid
+    return transfer_export(export, cfg.crop_size, patch)
+
+
+def build_model(export: dict, num_classes: int, cfg: SegmentConfig) -> UperNetViT:
+    width = export["timm_kwargs"]["embed_dim"]
+    channels = cfg.head_channels or width
+    aux = cfg.aux_channels or min(256, max(16, width // 3))
+    return UperNetViT(export, num_classes, channels, aux, cfg.drop_path)
+
+
+def lr_factor(step: int, cfg: SegmentConfig) -> float:
+    """mmseg's schedule: linear warmup from 1e-6 over warmup_iters, then poly (power 1) to 0."""
+    if step < cfg.warmup_iters:
+        return WARMUP_START + (1 - WARMUP_START) * step / cfg.warmup_iters
+    return max(0.0, 1 - (step - cfg.warmup_iters) / max(1, cfg.iterations - cfg.warmup_iters))
+
+
+@torch.no_grad()
+def evaluate(model: UperNetViT, data: SegmentationData, *, test_scale: int, crop: int, stride: int,
+             device: torch.device, amp: str = "none", info: DistInfo | None = None) -> dict:
+    """mIoU on ``data``: each image resized to the test scale, predicted by sliding windows (stride 0:
+    whole image), logits resized back to the label's size; each rank takes a strided share."""
+    info = info or DistInfo()
+    model.eval()
+    cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
+    for i in range(info.rank, len(data), info.world_size):
+        _, image, label = data[i]
+        img = resize_normalize(image, rescale_factor(*image.shape[1:], test_scale))[None].to(device)
+        with autocast(amp, device):
+            logits = predict_slide(model, img, crop, stride) if stride else predict_whole(model, img)
+        pred = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False).argmax(1)[0]
+        cm += confusion_matrix(pred.cpu(), label, data.num_classes)
+    if info.world_size > 1:
+        cm = cm.to(device)
+        torch.distributed.all_reduce(cm)
+    return {**iou_from_confusion(cm.cpu()), "confusion": cm.cpu().tolist()}
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    """Drop path and dropout drawn from (seed, step, rank) alone: exact resume."""
+    torch.manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729 + 17) % (2 ** 31 - 1))
+
+
+def run(cfg: SegmentConfig) -> dict:
+    """Fine-tune UperNet on ``cfg.encoder``; returns (and writes) the summary with mIoU and per-class IoU."""
+    cfg = resolve_defaults(cfg)
+    validate(cfg)
+    with start_run(cfg, "segment") as r:
+        if r.finished is not None:
+            return r.finished
+        info, device = r.info, r.device
+        # encoder, transfer and data first: a bad path, crop or mask fails here, before any training
+        export = transfer_for(load_encoder(cfg.encoder), cfg)
+        train_set = build_segmentation(cfg.data, cfg.data_root, "train", cfg.num_classes, cfg.train_length)
+        test_set = build_segmentation(cfg.data, cfg.data_root, "test", cfg.num_classes, cfg.test_length)
+        n_cls = train_set.num_classes
+        crops = TrainCrops(train_set, crop=cfg.crop_size, scale=cfg.test_scale, cat_max_ratio=cfg.cat_max_ratio)
+        sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * info.world_size, info, cfg.seed)
+        loader = torch.utils.data.DataLoader(SeededSamples(crops), batch_sampler=sampler, num_workers=cfg.num_workers,
+                                             pin_memory=device.type == "cuda")
+        steps_per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
+
+        torch.manual_seed(cfg.seed)  # neck and heads
+        model = build_model(export, n_cls, cfg).to(device)
+        # timm's factory: layer-wise lr decay from the model's group_matcher (embeddings, blocks, then neck
+        # and heads at full lr) as each group's lr_scale; no weight decay on norms, biases, positions, [CLS]
+        optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                        layer_decay=cfg.layer_decay, betas=BETAS)
+        scaler = grad_scaler(cfg.amp, device)
+        step, epoch, batch_in_epoch, ckpt = r.restore(("evals",), model, optimizer, scaler)
+        evals = ckpt["evals"] if ckpt is not None else []
+        ddp_model = wrap_ddp(model, info, device)
+        r.start_logging(cfg, step, cfg.iterations, "segment")
+        criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+        def state() -> dict:
+            return r.training_state(model, optimizer, scaler, step, epoch, batch_in_epoch, evals=evals,
+                                    num_classes=n_cls, transfer=export["transfer"])
+
+        def run_eval() -> dict:
+            ev = evaluate(model, test_set, test_scale=cfg.test_scale, crop=cfg.crop_size, stride=cfg.slide_stride,
+                          device=device, amp=cfg.amp, info=info)
+            log.info("step %d: mIoU %.4f, per class %s", step, ev["miou"], [round(x, 4) for x in ev["iou"]])
+            if info.is_main:
+                r.metrics.write({"step": step, "test_miou": ev["miou"], "test_acc": ev["acc"]})
+            return ev
+
+        stop = False
+        while step < cfg.iterations and not stop:
+            sampler.set_epoch(epoch, batch_in_epoch)
+            model.train()
+            for imgs, labels in loader:
+                imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+                for g in optimizer.param_groups:
+                    g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * lr_factor(step, cfg)
+                _seed_step(cfg.seed, step, info.rank)
+                with autocast(cfg.amp, device):
+                    out, aux = ddp_model(imgs)
+                    loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)
+                r.check_loss(loss, epoch, step)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step, batch_in_epoch = step + 1, batch_in_epoch + 1
+                r.log_step(step, epoch + batch_in_epoch / steps_per_epoch, loss,
+                           max(g["lr"] for g in optimizer.param_groups), imgs.shape[0] * info.world_size)
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:
+                    evals.append({"step": step, **run_eval()})
+                    model.train()
+                if step >= cfg.iterations or r.should_stop(step):
+                    stop = step < cfg.iterations
+                    break
+                if r.checkpoint_due():
+                    r.save(state)
+            else:
+                epoch, batch_in_epoch = epoch + 1, 0
+                r.end_epoch(epoch, step, state)
+        r.save(state)
+        finished = step >= cfg.iterations
+        final = run_eval()
+        if finished:
+            evals.append({"step": step, **final})
+        summary = r.summary_base(
+            cfg.iterations, step, finished, miou=final["miou"], iou=dict(zip(train_set.class_names, final["iou"])),
+            acc=final["acc"], final_eval=final, evals=evals, recipe=cfg.recipe, transfer=export["transfer"],
+            encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
+            num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),
+            num_params=sum(p.numel() for p in model.parameters()))
+        return r.finish(summary)
+
+
+# -- the CPU-scale experiment: grid encoders fine-tuned on Penn-Fudan ----------------------------------
+CSV_COLUMNS = ["mask", "pretrain_seed", "seed", "miou", "iou_person", "iou_background", "wall_s"]
+CONTROL = "none"  # the untrained encoder a pretraining run starts from (colormae.experiments.CONTROL)
+
+
+def grid_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str | Path) -> Path:
+    """The encoder of ``mask`` / ``pretrain_seed`` in a CIFAR-10 grid: its run directory, or for
+    the control the untrained export of the grid's preset, written once to ``out/encoders/``."""
+    grid = project_path(grid_dir)
+    if mask == CONTROL:
+        path = project_path(out) / "encoders" / f"{CONTROL}_seed{pretrain_seed}.pth"
+        if not path.exists():
+            own = grid / "runs" / f"{CONTROL}_seed{pretrain_seed}" / "config.json"
+            pre = read_json(own) if own.exists() else read_json(grid / "grid.json")["pretrain"]
+            save_torch(untrained_encoder(pre["preset"], pretrain_seed, norm_pix_loss=True), path)
+        return path
+    run_dir = grid / "runs" / f"{mask}_seed{pretrain_seed}"
+    if not (run_dir / ENCODER).is_file():
+        raise FileNotFoundError(f"no pretrained encoder {run_dir / ENCODER}: run the grid first "
+                                "(python -m colormae.experiments cifar10-grid16)")
+    return run_dir
+
+
+def run_pennfudan_experiment(grid_dir: str = "results/cifar10_grid16", masks=("random", "green"),
+                             pretrain_seeds=(0, 1), seeds=(0, 1), out: str = "results/dense_pennfudan",
+                             **overrides) -> Path:
+    """Each encoder of the grid (``masks`` x ``pretrain_seeds``, plus the untrained control) fine-tuned
+    with the ``cpu`` recipe for every seed in ``seeds``; one run directory each under ``out/runs/``
+    (finished ones are skipped, interrupted ones resumed); writes and returns ``out/segmentation.csv``."""
+    masks = [CONTROL] + [m for m in masks if m != CONTROL]
+    encoders = {(m, ps): grid_encoder(grid_dir, m, ps, out) for m in masks for ps in pretrain_seeds}  # all, first
+    rows = []
+    for (mask, ps), encoder in encoders.items():
+        for seed in seeds:
+            run_dir = project_path(out) / "runs" / f"{mask}_pseed{ps}_seed{seed}"
+            cfg = SegmentConfig(**{"recipe": "cpu", **overrides, "encoder": repo_relative(encoder), "seed": seed,
+                                   "output_dir": repo_relative(run_dir), "resume": "auto"})
+            s = run(cfg)
+            if not s["finished"]:
+                raise RuntimeError(f"{run_dir} stopped at step {s['steps']}: run the experiment again to resume")
+            rows.append({"mask": mask, "pretrain_seed": ps, "seed": seed, "miou": s["miou"],
+                         "iou_person": s["iou"]["person"], "iou_background": s["iou"]["background"],
+                         "wall_s": round(s["wall_time_s"], 1)})
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+    path = atomic_write(project_path(out) / "segmentation.csv", write)
+    log.info("wrote %s (%d runs)", path, len(rows))
+    return path
+
+
+def config_from_argv(argv: list[str] | None = None) -> SegmentConfig:
+    return config_from_args(SegmentConfig, argv, __doc__, "python -m colormae.segment")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return cli_main(run, config_from_argv(argv))
+
+
+CONFIG = SegmentConfig
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
