@@ -129,3 +129,14 @@ def test_paper_tables_are_labelled_and_complete():
     t3 = pt.paper_table3()
     assert (t3["scale"].str.startswith("paper")).all()
     assert t3.set_index(["method", "pretrain_epochs"]).loc[("ColorMAE-G", 800), "ade20k_miou"] == 49.2
+
+
+def test_fig6_finetune_commands_are_valid_and_where_notebook_07_looks():
+    from colormae import finetune
+    params = reproduce._parameters(json.loads((reproduce.NOTEBOOKS_DIR / "07_reconstructions_attention.ipynb")
+                                              .read_text())["cells"])
+    for mask, cmd in reproduce.FINETUNE_CAM.items():
+        cfg = finetune.resolve_defaults(finetune.config_from_argv(cmd[2:]))
+        finetune.validate(cfg)
+        assert cfg.protocol == "finetune" and cfg.dataset == "cifar10"
+        assert params["finetune_dirs"][mask] == cfg.output_dir
