@@ -348,6 +348,55 @@ def run_pennfudan_experiment(grid_dir: str = "results/cifar10_grid16", masks: tu
     return path
 
 
+# -- looking at results ------------------------------------------------------------------------------
+
+# The paper's COCO numbers (ViT-B/16 MAE encoders fine-tuned in ViTDet), transcribed: pretraining
+# epochs -> mask -> value. Table 1 (right) is box AP at 768 px; Table 2b box AP at 768 and 1024 px;
+# Table 3: MAE (their re-implementation, dagger) and ColorMAE-G, box and mask AP, AP50, AP75.
+PAPER_DETECTION = {
+    "table1_ap_box_768": {100: {"random": 45.90, "blue": 46.00, "green": 45.90, "purple": 44.10, "red": 40.80},
+                          300: {"random": 48.50, "blue": 48.10, "green": 48.70, "purple": 47.20, "red": 45.10},
+                          800: {"random": 49.15, "blue": 49.10, "green": 49.50, "purple": 48.50, "red": 46.90},
+                          1600: {"random": 49.60, "blue": 49.50, "green": 50.10, "purple": 49.10, "red": 47.20}},
+    "table2b_ap_box_768": {300: {"random": 48.50, "blue": 48.10, "green": 48.70},
+                           1600: {"random": 49.60, "blue": 49.50, "green": 50.10}},
+    "table2b_ap_box_1024": {300: {"random": 50.10, "blue": 49.80, "green": 50.40},
+                            1600: {"random": 50.90, "blue": 50.80, "green": 51.50}},
+    "table3": {800: {"random (MAE, dagger)": dict(ap_box=49.2, ap50_box=69.7, ap75_box=53.9, ap_mask=43.4,
+                                                  ap50_mask=66.6, ap75_mask=46.9),
+                     "green (ColorMAE-G)": dict(ap_box=49.5, ap50_box=70.0, ap75_box=54.2, ap_mask=43.7,
+                                                ap50_mask=67.1, ap75_mask=47.1)},
+               1600: {"random (MAE, paper)": dict(ap_box=50.6, ap50_box=69.4, ap75_box=55.0, ap_mask=43.8,
+                                                  ap50_mask=66.6, ap75_mask=47.5),
+                      "green (ColorMAE-G)": dict(ap_box=50.1, ap50_box=70.7, ap75_box=54.7, ap_mask=44.4,
+                                                 ap50_mask=67.8, ap75_mask=48.0)}},
+}
+
+
+def load_detector(run_dir: str | Path) -> tuple[nn.Module, DetectConfig]:
+    """The trained Mask R-CNN of a detection run (its config and checkpoint-last.pth), in eval mode."""
+    from .rundir import LAST, RunDir, load_checkpoint
+    rd = RunDir(project_path(run_dir))
+    saved = rd.read_config()
+    if saved is None:
+        raise FileNotFoundError(f"{rd.path} holds no detection run (no config.json)")
+    cfg = DetectConfig(**saved)
+    ckpt = load_checkpoint(rd.file(LAST), required=("model", "num_classes"))
+    model = build_model(load_encoder(cfg.encoder), ckpt["num_classes"], cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def draw_detections(image: torch.Tensor, pred: dict, score_threshold: float = 0.5) -> torch.Tensor:
+    """uint8 [3, H, W] with the masks (filled) and boxes of detections scoring >= ``score_threshold``."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+    keep = pred["scores"] >= score_threshold
+    masks = pred["masks"][keep]
+    masks = (masks[:, 0] if masks.ndim == 4 else masks) >= 0.5
+    out = draw_segmentation_masks(image, masks.bool(), alpha=0.45) if len(masks) else image
+    return draw_bounding_boxes(out, pred["boxes"][keep], width=2, colors="yellow")
+
+
 def config_from_argv(argv: list[str] | None = None) -> DetectConfig:
     return config_from_args(DetectConfig, argv, __doc__, "python -m colormae.detect")
 

@@ -283,3 +283,13 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
     assert run_pennfudan_experiment(**kw).read_text() == path.read_text()  # finished runs are read back
     with pytest.raises(FileNotFoundError, match="green_seed0"):
         run_pennfudan_experiment(**{**kw, "masks": ("green",)})
+
+
+def notebook_setup(tmp_path) -> None:
+    """What notebook 05's tiny nbval run needs (tests/test_notebooks.py SETUP): micro encoders
+    pretrained with random and green masks, and a synthetic COCO folder (no shared data needed)."""
+    for mask in ("random", "green"):
+        pretrain(PretrainConfig(preset=MICRO, epochs=1, dataset_length=64, batch_size=32, amp="none", mask=mask,
+                                output_dir=str(tmp_path / f"encoder_{mask}"), device="cpu"))
+    write_coco(tmp_path / "coco", "train2017", 4, seed=0)
+    write_coco(tmp_path / "coco", "val2017", 2, seed=1)
