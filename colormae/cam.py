@@ -30,7 +30,7 @@ def load_classifier(path: str | os.PathLike) -> nn.Module:
         path = path / LAST
     ckpt = load_checkpoint(path, required=("model", "timm_name", "timm_kwargs", "num_classes"))
     state = ckpt["model"]
-    if any(k.startswith("head.linear") or k.startswith("head.bn") for k in state):
+    if "head.0.running_mean" in state:  # evaluate.LinearProbe: BatchNorm then Linear
         raise ValueError(f"{path} is a linear probe; EigenCAM needs a fine-tuned classifier (protocol 'finetune')")
     pool = "avg" if "fc_norm.weight" in state else "token"  # MAE fine-tuning pools patch tokens
     model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=ckpt["num_classes"],

@@ -74,3 +74,33 @@ def test_upsample_keeps_patches_as_blocks():
     maps = torch.arange(4.0).reshape(1, 2, 2)
     up = upsample(maps, 4)
     assert up.shape == (1, 4, 4) and up[0, 0, 1] == 0 and up[0, 3, 3] == 3
+
+
+# -- EigenCAM (colormae.cam) ----------------------------------------------------------------------
+
+def test_eigencam_maps_cover_the_image_and_follow_the_activations(tmp_path):
+    from colormae.cam import eigencam, encoder_as_vit, load_classifier
+    from colormae.rundir import save_torch
+    torch.manual_seed(0)
+    vit = encoder_as_vit(mae_model("mae_vit_micro_patch4_32"))
+    imgs = torch.randn(2, 3, 32, 32)
+    cams = eigencam(vit, imgs)
+    assert cams.shape == (2, 32, 32) and cams.min() >= 0 and cams.max() <= 1 + 1e-6
+    # the reshape keeps patch order: a map made of one bright patch's tokens puts the CAM there
+    layer = vit.blocks[-1].norm1
+    hook = layer.register_forward_hook(lambda _m, _i, out: out * 0 + torch.where(
+        torch.arange(out.shape[1])[None, :, None] == 1 + 2 * 8 + 5, 1.0, 0.0) * torch.randn(out.shape[-1]))
+    cam_one = eigencam(vit, imgs[:1])[0]
+    hook.remove()
+    ys, xs = divmod(int(cam_one.argmax()), 32)
+    assert (ys // 4, xs // 4) == (2, 5)
+    # fine-tuned checkpoints load; linear probes are refused
+    state = {"model": vit.state_dict(), "timm_name": "vit_base_patch16_224", "num_classes": 1,
+             "timm_kwargs": {"img_size": 32, "patch_size": 4, "embed_dim": 64, "depth": 2, "num_heads": 2,
+                             "mlp_ratio": 4.0, "in_chans": 3}}
+    save_torch(state, tmp_path / "checkpoint-last.pth")
+    assert load_classifier(tmp_path).patch_embed.grid_size == (8, 8)
+    state["model"] = {**state["model"], "head.0.running_mean": torch.zeros(64)}
+    save_torch(state, tmp_path / "probe.pth")
+    with pytest.raises(ValueError, match="linear probe"):
+        load_classifier(tmp_path / "probe.pth")
