@@ -304,3 +304,15 @@ def test_band_mask_statistics_cluster_size_grows_with_sigma():
     assert list(table["sigma1"]) == [0.35, 1.0]
     assert table["cluster_size"].iloc[1] > 2 * table["cluster_size"].iloc[0]
     assert examples[(1.0, 2.0)].shape == (256,) and int(examples[(1.0, 2.0)].sum()) == 192  # 75 % masked
+
+
+def test_band_sweep_reads_grid_style_rows(tmp_path):
+    """A sweep table written like the grid's (label + mask_params) gives the same sigmas and centres."""
+    (tmp_path / "sweep").mkdir()
+    pd.DataFrame({"mask": ["green_s0.35-0.7", "green_s2-4"], "seed": [0, 0], "knn_top1": [0.4, 0.3],
+                  "linprobe_top1": [0.5, 0.4], "mask_params": ["sigma1=0.35,sigma2=0.7", "sigma1=2,sigma2=4"]}
+                 ).to_csv(tmp_path / "sweep" / "table.csv", index=False)
+    rows, found = results.load_band_sweep(tmp_path / "sweep")
+    assert found and list(rows["sigma1"]) == [0.35, 2.0] and list(rows["sigma2"]) == [0.7, 4.0]
+    # band centre of G(s1) - G(2 s1), by hand: sqrt(ln 4 / (6 pi^2)) / s1 = 0.153004 / s1 cycles/patch
+    np.testing.assert_allclose(rows["band_centre"], [0.153004 / 0.35, 0.153004 / 2.0], rtol=1e-5)
