@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
 from scipy import stats
 
 from .rundir import read_metrics
@@ -299,7 +298,7 @@ def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1")
     return out.reset_index().sort_values("band_centre", ascending=False).reset_index(drop=True)
 
 
-def band_mask_statistics(bands, grid: int = 16, mask_ratio: float = 0.75, batch: int = 256,
+def band_mask_statistics(bands: list[tuple[float, float]], grid: int = 16, mask_ratio: float = 0.75, batch: int = 256,
                          seed: int = 0) -> tuple[pd.DataFrame, dict]:
     """Mask statistics of each green band ``(sigma1, sigma2)`` in ``bands``: ``batch`` online masks
     on a ``grid`` x ``grid`` grid (as pretraining draws them), :func:`colormae.mask_stats.mask_statistics`.
@@ -343,6 +342,9 @@ def band_sweep_in_words(summary: pd.DataFrame, grid_table: pd.DataFrame, metric:
     has the same seed noise, and ignores that runs of one seed correlate, which makes it wider)."""
     label = METRIC_LABELS.get(metric, metric)
     mean = f"{metric}_mean"
+    if mean not in summary:
+        raise ValueError(f"metric={metric!r} is not in the summary; allowed values: "
+                         + ", ".join(c[:-5] for c in summary.columns if c.endswith("_mean")))
     if summary.empty:
         return [f"{label}: no band has results yet"]
     best = summary.loc[summary[mean].idxmax()]
