@@ -22,11 +22,13 @@ The paper's 8-GPU run::
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -37,19 +39,19 @@ from .config import EngineConfig, check_choice, check_positive, config_from_args
 from .dense_data import (IGNORE_INDEX, SEG_DATA, SEG_NUM_CLASSES, SegmentationData, TrainCrops, build_segmentation,
                          rescale_factor, resize_normalize)
 from .engine import cli_main, start_run
-from .model import untrained_encoder
-from .rundir import ENCODER, atomic_write, load_encoder, read_json, repo_relative, save_torch
+from .model import export_encoder, untrained_encoder
+from .rundir import ENCODER, LAST, atomic_write, load_checkpoint, load_encoder, read_json, repo_relative, save_torch
 from .runtime import DistInfo, GlobalBatchSampler, SeededSamples, autocast, grad_scaler, project_path, wrap_ddp
 from .upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 
 log = logging.getLogger(__name__)
 
 RECIPES = {
-    "paper": dict(data="ade20k", crop_size=512, test_scale=512, slide_stride=341, keep_grid=False,
+    "paper": dict(data="ade20k", crop_size=512, keep_grid=False,
                   iterations=160_000, batch_size=16, warmup_iters=1500, eval_every=16_000),
     # sized from measurements: nano encoder, one idle core: ~0.75 s CPU per iteration (batch 8), ~5 s to
     # evaluate 50 test images: ~2.7 min per run, ~32 min for the 12 runs of run_pennfudan_experiment
-    "cpu": dict(data="pennfudan", crop_size=128, test_scale=128, slide_stride=85, keep_grid=True, head_channels=32,
+    "cpu": dict(data="pennfudan", crop_size=128, keep_grid=True, head_channels=32,
                 iterations=200, batch_size=8, warmup_iters=20, eval_every=0),
 }
 AUX_WEIGHT = 0.4
@@ -70,8 +72,8 @@ class SegmentConfig(EngineConfig):
     train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
     test_length: int | None = knob(None, "an evenly spaced subset of the test images", group="data")
     crop_size: int | None = knob(None, "training crop and sliding window (paper 512)", group="data")
-    test_scale: int | None = knob(None, "short side images are resized to (long side <= 4x); training rescales "
-                                  "it by 0.5-2x", group="data")
+    test_scale: int | None = knob(None, "short side images are resized to (long side <= 4x; default: the crop "
+                                  "size); training rescales it by 0.5-2x", group="data")
     cat_max_ratio: float = knob(0.75, "re-draw a training crop (up to 10 times) while one class covers more than "
                                 "this fraction", group="data")
     keep_grid: bool | None = knob(None, "resample the patch embedding so that the crop has the encoder's token "
@@ -86,7 +88,8 @@ class SegmentConfig(EngineConfig):
     weight_decay: float = knob(0.05, "AdamW weight decay", group="optimization")
     layer_decay: float = knob(0.65, "layer-wise lr decay", group="optimization")
     warmup_iters: int | None = knob(None, "linear warmup, then poly decay (power 1) to 0", group="optimization")
-    slide_stride: int | None = knob(None, "sliding-window stride at test time (0: whole-image inference)",
+    slide_stride: int | None = knob(None, "sliding-window stride at test time (default 2/3 of the crop; 0: "
+                                    "whole-image inference)",
                                     group="evaluation")
     eval_every: int | None = knob(None, "iterations between test evaluations (0: only at the end)",
                                   group="evaluation")
@@ -100,9 +103,12 @@ class SegmentConfig(EngineConfig):
 
 
 def resolve_defaults(cfg: SegmentConfig) -> SegmentConfig:
-    """Fill the None knobs from ``cfg.recipe``."""
+    """Fill the None knobs from ``cfg.recipe``; test scale = crop and window stride = 2/3 crop
+    (mmseg's 512 and 341) unless given."""
     check_choice("recipe", cfg.recipe, tuple(RECIPES))
-    return replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
+    cfg = replace(cfg, **{k: v for k, v in RECIPES[cfg.recipe].items() if getattr(cfg, k) is None})
+    return replace(cfg, test_scale=cfg.test_scale or cfg.crop_size,
+                   slide_stride=cfg.slide_stride if cfg.slide_stride is not None else cfg.crop_size * 2 // 3)
 
 
 def validate(cfg: SegmentConfig) -> None:
@@ -153,6 +159,18 @@ def lr_factor(step: int, cfg: SegmentConfig) -> float:
 
 
 @torch.no_grad()
+def predict_labels(model: UperNetViT, image: torch.Tensor, *, test_scale: int, crop: int, stride: int,
+                   device: torch.device | str = "cpu", amp: str = "none") -> torch.Tensor:
+    """Class map [H, W] (on the CPU) of a uint8 [3, H, W] image: resized to the test scale, sliding
+    windows (stride 0: the whole image at once), logits resized back to the image's size."""
+    device = torch.device(device)
+    img = resize_normalize(image, rescale_factor(*image.shape[1:], test_scale))[None].to(device)
+    with autocast(amp, device):
+        logits = predict_slide(model, img, crop, stride) if stride else predict_whole(model, img)
+    return F.interpolate(logits.float(), size=image.shape[1:], mode="bilinear", align_corners=False).argmax(1)[0].cpu()
+
+
+@torch.no_grad()
 def evaluate(model: UperNetViT, data: SegmentationData, *, test_scale: int, crop: int, stride: int,
              device: torch.device, amp: str = "none", info: DistInfo | None = None) -> dict:
     """mIoU on ``data``: each image resized to the test scale, predicted by sliding windows (stride 0:
@@ -162,11 +180,8 @@ def evaluate(model: UperNetViT, data: SegmentationData, *, test_scale: int, crop
     cm = torch.zeros(data.num_classes, data.num_classes, dtype=torch.int64)
     for i in range(info.rank, len(data), info.world_size):
         _, image, label = data[i]
-        img = resize_normalize(image, rescale_factor(*image.shape[1:], test_scale))[None].to(device)
-        with autocast(amp, device):
-            logits = predict_slide(model, img, crop, stride) if stride else predict_whole(model, img)
-        pred = F.interpolate(logits.float(), size=label.shape, mode="bilinear", align_corners=False).argmax(1)[0]
-        cm += confusion_matrix(pred.cpu(), label, data.num_classes)
+        pred = predict_labels(model, image, test_scale=test_scale, crop=crop, stride=stride, device=device, amp=amp)
+        cm += confusion_matrix(pred, label, data.num_classes)
     if info.world_size > 1:
         cm = cm.to(device)
         torch.distributed.all_reduce(cm)
@@ -319,6 +334,45 @@ def run_pennfudan_experiment(grid_dir: str = "results/cifar10_grid16", masks=("r
     path = atomic_write(project_path(out) / "segmentation.csv", write)
     log.info("wrote %s (%d runs)", path, len(rows))
     return path
+
+
+def load_segmenter(run_dir: str | Path) -> tuple[UperNetViT, SegmentConfig]:
+    """The fine-tuned model of a segmentation run (its checkpoint-last.pth; the encoder it started
+    from must still exist) in eval mode, and the run's config."""
+    run_dir = project_path(run_dir)
+    saved = read_json(run_dir / "config.json")
+    names = {f.name for f in dataclasses.fields(SegmentConfig)}
+    cfg = resolve_defaults(SegmentConfig(**{k: v for k, v in saved.items() if k in names}))
+    ckpt = load_checkpoint(run_dir / LAST, required=("model", "num_classes"))
+    model = build_model(transfer_for(load_encoder(cfg.encoder), cfg), ckpt["num_classes"], cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), cfg
+
+
+def grid_seed0_encoder(grid_dir: str | Path, mask: str, out: str | Path) -> Path | None:
+    """The grid's seed-0 encoder of ``mask`` (committed compact weights, else its run directory; see
+    ``colormae.weights.grid_model``) exported once to ``out/encoders/<mask>.pth``; None if absent."""
+    from .weights import grid_model
+    path = project_path(out) / "encoders" / f"{mask}.pth"
+    if not path.exists():
+        try:
+            model, source = grid_model(grid_dir, mask)
+        except FileNotFoundError as e:
+            log.warning("%s", e)
+            return None
+        save_torch({**export_encoder(model), "source": source}, path)
+    return path
+
+
+def summarize_experiment(path: str | Path) -> pd.DataFrame:
+    """segmentation.csv per mask: mean and standard deviation (in mIoU points) over every
+    (pretraining seed, fine-tuning seed) run, and their number."""
+    table = pd.read_csv(project_path(path))
+    order = {m: i for i, m in enumerate([CONTROL, "random", "blue", "green", "purple", "red"])}
+    metrics = ["miou", "iou_person", "iou_background"]
+    out = table.groupby("mask")[metrics].agg(["mean", "std"]) * 100
+    out["runs"] = table.groupby("mask").size()
+    return out.sort_index(key=lambda idx: idx.map(lambda m: order.get(m, 99))).round(2)
 
 
 def config_from_argv(argv: list[str] | None = None) -> SegmentConfig:
