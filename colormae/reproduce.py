@@ -166,20 +166,30 @@ def run_experiments(dry_run: bool = False) -> None:
         subprocess.run([sys.executable, *cmd, "--resume", "auto"], cwd=ROOT, check=True)
 
 
-def execute(nbs: list[Notebook], out_dir: Path = OUT_DIR) -> list[Path]:
-    """Run each notebook with papermill into ``out_dir``; returns the paper_figures/ files it (re)wrote."""
+def execute(nbs: list[Notebook], out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:
+    """Run each notebook with papermill into ``out_dir``. A failing notebook does not stop the
+    others (a later one may not need what it lacked). Returns the paper_figures/ files (re)written
+    and {notebook: error} of the failures."""
     import papermill
+    out_dir = out_dir or OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
     before = {p: p.stat().st_mtime_ns for p in FIG_DIR.glob("*") if p.is_file()}
+    failed = {}
     for nb in nbs:
         target = out_dir / nb.name
         if target.resolve() == nb.path.resolve():
             raise ValueError(f"refusing to overwrite the source notebook {nb.path}")
         start = time.time()
-        print(f"running notebooks/{nb.name} -> {target.relative_to(ROOT)}", flush=True)
-        papermill.execute_notebook(str(nb.path), str(target), cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+        print(f"running notebooks/{nb.name} -> {target}", flush=True)
+        try:
+            papermill.execute_notebook(str(nb.path), str(target), cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+        except papermill.PapermillExecutionError as err:
+            failed[nb.name] = f"{err.ename}: {err.evalue}"
+            print(f"  FAILED after {time.time() - start:.0f} s: {failed[nb.name]}", flush=True)
+            continue
         print(f"  done in {time.time() - start:.0f} s", flush=True)
-    return sorted(p for p in FIG_DIR.glob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
+    written = sorted(p for p in FIG_DIR.glob("*") if p.is_file() and before.get(p) != p.stat().st_mtime_ns)
+    return written, failed
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -202,10 +212,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.dry_run:
         print("would run: " + ", ".join(nb.name for nb in nbs))
         return []
-    written = execute(nbs)
+    written, failed = execute(nbs)
     print("regenerated:" if written else "no file in paper_figures/ changed")
     for path in written:
         print(f"  {path.relative_to(ROOT)}")
+    if failed:
+        print("failed (executed copies with the error are in results/notebooks/):")
+        for name, error in failed.items():
+            print(f"  notebooks/{name}: {error}")
+        raise SystemExit(1)
     return written
 
 

@@ -140,3 +140,19 @@ def test_fig6_finetune_commands_are_valid_and_where_notebook_07_looks():
         finetune.validate(cfg)
         assert cfg.protocol == "finetune" and cfg.dataset == "cifar10"
         assert params["finetune_dirs"][mask] == cfg.output_dir
+
+
+def test_a_failing_notebook_does_not_stop_the_others(tmp_path, monkeypatch, capsys):
+    import papermill
+    ran = []
+
+    def fake_execute(src, dst, **kwargs):
+        ran.append(src)
+        if "07_" in src:
+            raise papermill.PapermillExecutionError(0, 1, "no model", "FileNotFoundError", "no model", [])
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    monkeypatch.setattr(reproduce, "OUT_DIR", tmp_path)
+    with pytest.raises(SystemExit) as e:
+        reproduce.main(["--notebooks", "07", "08"])
+    assert e.value.code == 1 and len(ran) == 2
+    assert "notebooks/07_reconstructions_attention.ipynb: FileNotFoundError: no model" in capsys.readouterr().out
