@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib.util
-import json
 import sys
 from pathlib import Path
 
@@ -187,8 +186,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         rows = [r for preset, batch in jobs for r in static_rows(preset, batch, device)]
         written.append(write(rows, f"static_{device.type}", out, device, args))
         for r in rows:
-            print(f"{r['preset']:<24}{r['mask']:<8}{r['source']:<8}{r['params_m']:8.3f} M {r['gflops_fwd_per_img']:9.4f} "
-                  f"GFLOP/img {r['memory_accounted_mib']:9.1f} MiB ({r['memory_vs_random']:+.2%} vs random)")
+            print(f"{r['preset']:<24}{r['mask']:<8}{r['source']:<8}{r['params_m']:8.3f} M "
+                  f"{r['gflops_fwd_per_img']:9.4f} GFLOP/img {r['memory_accounted_mib']:9.1f} MiB ({r['memory_vs_random']:+.2%} vs random)")
     if args.part in ("timing", "all"):
         rows = [r for preset, batch in jobs for r in timing_rows(preset, batch, device, args.rounds, args.steps)]
         written.append(write(rows, f"timing_{device.type}", out, device, args))

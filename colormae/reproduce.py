@@ -142,7 +142,8 @@ def listing(nbs: list[Notebook] | None = None) -> str:
                      f"    made by {where}; reads {reads}")
     tables = [nb for nb in nbs if nb.name.startswith(("03", "08"))]
     for nb in tables:
-        lines.append(f"tables in notebooks/{nb.name} (executed copy in results/notebooks/); reads {', '.join(nb.reads)}")
+        lines.append(f"tables in notebooks/{nb.name} (executed copy in results/notebooks/); "
+                     f"reads {', '.join(nb.reads)}")
     return "\n".join(lines)
 
 
