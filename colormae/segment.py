@@ -213,7 +213,10 @@ def run(cfg: SegmentConfig) -> dict:
         steps_per_epoch = len(train_set) // (cfg.batch_size * info.world_size)
 
         torch.manual_seed(cfg.seed)  # neck and heads
-        model = build_model(export, n_cls, cfg).to(device)
+        model = build_model(export, n_cls, cfg)
+        if info.world_size > 1 and device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # mmseg's SyncBN: 2 images per GPU
+        model.to(device)
         # timm's factory: layer-wise lr decay from the model's group_matcher (embeddings, blocks, then neck
         # and heads at full lr) as each group's lr_scale; no weight decay on norms, biases, positions, [CLS]
         optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
