@@ -116,6 +116,9 @@ def validate(cfg: SegmentConfig) -> None:
     if cfg.encoder is None:
         raise ValueError("encoder is required: a pretraining run directory, encoder.pth or checkpoint")
     check_choice("data", cfg.data, SEG_DATA)
+    if cfg.dataset != EngineConfig.dataset:
+        raise ValueError(f"dataset={cfg.dataset!r} belongs to the classification engines; segmentation data is "
+                         f"chosen with data= (one of {', '.join(SEG_DATA)})")
     check_positive(cfg, "crop_size", "test_scale", "iterations", "batch_size", "lr", "train_length", "test_length",
                    "head_channels", "aux_channels", "num_classes")
     check_positive(cfg, "weight_decay", "warmup_iters", "slide_stride", "eval_every",
