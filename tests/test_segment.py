@@ -11,7 +11,7 @@ from PIL import Image
 from colormae import segment as seg
 from colormae.backbone import FeaturePyramid, ViTFeatures, feature_blocks, transfer_export
 from colormae.dense_data import IGNORE_INDEX, build_segmentation, train_crop
-from colormae.model import export_encoder, mae_model, untrained_encoder
+from colormae.model import untrained_encoder
 from colormae.rundir import load_checkpoint, read_metrics, save_torch
 from colormae.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 from test_dense_data import make_pennfudan
