@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check for a CUDA machine: at most 5 minutes of steps (GPU_CHECK_BUDGET_S=300), each
+# One prepared check for a CUDA machine: at most 8 minutes of steps (GPU_CHECK_BUDGET_S=480), each
 # under its own timeout, clipped to what is left of the budget.
 #   bash benchmarks/gpu_check.sh [OUTPUT_DIR]      (package installed; runs from the repository root)
 # Without CUDA it stops at once with one line (exit status 2). Otherwise every step writes its log to
@@ -12,12 +12,13 @@
 # 3. ViT-B/16 224-px pretraining steps at batch 128 in bf16 for random and every color:
 #    images/s, peak memory, color/random ratio, model FLOP utilization;
 # 4. a short real run of the pretraining CLI on CUDA (bf16, embedded data, 20 steps) and its summary.json;
-# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (only where benchmarks/pipeline.py exists).
+# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (only where benchmarks/pipeline.py exists);
+# 6. ViT-B UperNet at 512 px (benchmarks/gpu_segment.py); 7. ViT-B Mask R-CNN at 1024 px (gpu_detect.py).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}
-BUDGET=${GPU_CHECK_BUDGET_S:-300}
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
 
 # CUDA first: one line and a non-zero status when there is none (stderr of the probe is dropped so
 # that no warning or traceback reaches the terminal).
@@ -147,6 +148,22 @@ else
   echo "== $name"
   record "$name" "NOT RUN (benchmarks/pipeline.py does not exist in this checkout)"
 fi
+
+# 6. ViT-B UperNet segmentation steps at 512 px (img/s, peak memory) and one sliding-window inference
+name="6. ViT-B UperNet, 512 px"
+log="$out/6_segment_vitb_cuda.txt"
+TAIL=12 run "$name" 120 "$log" "$PY" benchmarks/gpu_segment.py
+v=$(verdict)
+if [ -z "$v" ] && ! grep -q "^segmentation summary:" "$log"; then v="FAIL (no summary line in the log)"; fi
+record "$name" "${v:-PASS (${took}s; $(grep '^segmentation summary:' "$log" | cut -c 23-120))}"
+
+# 7. ViTDet Mask R-CNN steps at 1024 px (img/s, peak memory)
+name="7. ViT-B Mask R-CNN, 1024 px"
+log="$out/7_detect_vitb_cuda.txt"
+TAIL=12 run "$name" 120 "$log" "$PY" benchmarks/gpu_detect.py
+v=$(verdict)
+if [ -z "$v" ] && ! grep -q "^detection summary:" "$log"; then v="FAIL (no summary line in the log)"; fi
+record "$name" "${v:-PASS (${took}s; $(grep '^detection summary:' "$log" | cut -c 20-120))}"
 
 { echo
   echo "gpu_check summary: $failed failed, $((SECONDS - start))s of steps (budget ${BUDGET}s); logs in $out/"

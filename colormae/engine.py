@@ -82,8 +82,8 @@ class Run:
             self.resume_from = resolve_resume(self.cfg, self.dir)  # config mismatch: ValueError here
             self.finished = finished_summary(self.cfg, self.dir)
             if self.finished is not None:
-                log.info("%s is already finished (%s of %s epochs): nothing to do; summary %s", self.dir.path,
-                         self.finished.get("epochs_done"), self.cfg.epochs, self.dir.file("summary.json"))
+                log.info("%s is already finished: nothing to do; summary %s", self.dir.path,
+                         self.dir.file("summary.json"))
                 return self
             if self.info.is_main:
                 if self.cfg.overwrite and self.dir.holds_run():

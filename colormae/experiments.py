@@ -3,6 +3,8 @@
     python -m colormae.experiments cifar10-grid16             # Table 1 (classification), 16x16 patch grid
     python -m colormae.experiments cifar10-band-sweep         # green masks at six band centres
     python -m colormae.experiments cifar10-minirepro          # the earlier 8x8-grid table
+    python -m colormae.experiments pennfudan-segment          # grid16 encoders -> UperNet on Penn-Fudan
+    python -m colormae.experiments pennfudan-detect           # grid16 encoders -> Mask R-CNN on Penn-Fudan
 
 Every (mask, seed) run pretrains with identical settings except the mask (the seed fixes model init,
 data order and augmentation, so runs of one seed differ by their masks only), then is evaluated with
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import logging
 import math
 import sys
@@ -311,9 +314,28 @@ def run_grid(spec: GridSpec, device: str = "auto") -> Path:
     return table(spec)
 
 
+# Dense transfer experiments: the engine module whose run_pennfudan_experiment fine-tunes the
+# cifar10-grid16 encoders (random, green; pretraining seeds 0, 1) and the untrained control on Penn-Fudan.
+DENSE = {"pennfudan-segment": "segment", "pennfudan-detect": "detect"}
+
+
+def run_dense(name: str, args: argparse.Namespace) -> Path:
+    module = importlib.import_module(f"colormae.{DENSE[name]}")
+    kwargs = {k: v for k, v in (("masks", args.masks), ("seeds", args.seeds), ("pretrain_seeds", args.pretrain_seeds),
+                                ("out", args.out)) if v}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if args.device != "auto":
+        kwargs["device"] = args.device
+    path = module.run_pennfudan_experiment(**kwargs)
+    print(Path(path).read_text())
+    return path
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("grid", choices=sorted(GRIDS))
+    p.add_argument("grid", choices=sorted(GRIDS) + sorted(DENSE))
+    p.add_argument("--pretrain-seeds", nargs="+", type=int, default=None,
+                   help=f"{', '.join(DENSE)}: the grid's pretraining seeds whose encoders are fine-tuned")
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--masks", nargs="+", default=None, help=f"mask kinds, and '{CONTROL}' for the untrained control")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="these seeds for every mask (default: the grid's)")
@@ -330,6 +352,8 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
                    help="cifar10-grid16 only: 'gpu' = the longer, 5-seed, fine-tuned version (results/cifar10_grid16_gpu)")
     args = p.parse_args(argv)
+    if args.grid in DENSE:
+        return cli_main(lambda name: run_dense(name, args), args.grid)
     if args.scale == "gpu" and args.grid != "cifar10-grid16":
         p.error(f"--scale gpu applies to cifar10-grid16, not {args.grid}")
     spec = replace(GRIDS[args.grid], **(GRID16_GPU if args.scale == "gpu" else {}))

@@ -17,7 +17,7 @@ from .config import config_from_params, pick_params, to_argv
 from .rundir import RunDir
 
 log = logging.getLogger(__name__)
-ENGINES = ("pretrain", "finetune")  # modules of colormae with CONFIG, run(cfg) and main(argv)
+ENGINES = ("pretrain", "finetune", "segment", "detect")  # modules of colormae with CONFIG, run(cfg) and main(argv)
 
 
 def _engine(engine: str):

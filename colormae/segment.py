@@ -96,11 +96,6 @@ class SegmentConfig(EngineConfig):
     output_dir: str = knob("results/segment/default", "the run directory (relative paths: from the repository "
                            "root)", experiment=False, path=True)
 
-    @property
-    def epochs(self) -> None:
-        """None: the length is ``iterations`` (the scaffold's finished-run check and log read ``epochs``)."""
-        return None
-
 
 def resolve_defaults(cfg: SegmentConfig) -> SegmentConfig:
     """Fill the None knobs from ``cfg.recipe``; test scale = crop and window stride = 2/3 crop
