@@ -296,8 +296,8 @@ def run(cfg: DetectConfig) -> dict:
 # Penn-Fudan on 2 CPU cores: the grid's 32-px patch-2 encoders read 256-px images through a patch
 # embedding resampled to 16 px (a 16 x 16 grid, the pretraining grid, so the position embedding is
 # unchanged; pyramid strides 4..64 as ViTDet's), narrow heads, 2 images per step. Measured with
-# OMP_NUM_THREADS=1 beside the CIFAR grid: ~2 s per step, ~1 s per test image: 3 epochs (180 steps)
-# + evaluation ~7 min per run, 12 runs (random, green, none x 2 pretraining x 2 fine-tuning seeds) ~85 min.
+# OMP_NUM_THREADS=1 beside other jobs: 1.3-2 s per step, ~0.7 s per test image: 3 epochs (180 steps) and
+# evaluation, 4.5-7 min per run; 12 runs (random, green, none x 2 pretraining x 2 fine-tuning seeds) 55-85 min.
 CPU_DEFAULTS = dict(data="pennfudan", img_size=256, patch_size=16, fpn_channels=64, roi_batch=64, test_proposals=300,
                     batch_size=2, epochs=3, blr=1.28e-2, warmup_steps=20, checkpoint_minutes=10.0)
 
@@ -387,10 +387,12 @@ def load_detector(run_dir: str | Path) -> tuple[nn.Module, DetectConfig]:
     return model.eval(), cfg
 
 
-def draw_detections(image: torch.Tensor, pred: dict, score_threshold: float = 0.5) -> torch.Tensor:
-    """uint8 [3, H, W] with the masks (filled) and boxes of detections scoring >= ``score_threshold``."""
+def draw_detections(image: torch.Tensor, pred: dict, score_threshold: float = 0.5, top_k: int | None = None
+                    ) -> torch.Tensor:
+    """uint8 [3, H, W] with the masks (filled) and boxes of the detections scoring >= ``score_threshold``,
+    at most the ``top_k`` best (torchvision returns them sorted by score)."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
-    keep = pred["scores"] >= score_threshold
+    keep = torch.nonzero(pred["scores"] >= score_threshold).flatten()[:top_k]
     masks = pred["masks"][keep]
     masks = (masks[:, 0] if masks.ndim == 4 else masks) >= 0.5
     out = draw_segmentation_masks(image, masks.bool(), alpha=0.45) if len(masks) else image
