@@ -160,7 +160,7 @@ record "$name" "${v:-PASS (${took}s; $(grep '^segmentation summary:' "$log" | cu
 # 7. ViTDet Mask R-CNN steps at 1024 px (img/s, peak memory)
 name="7. ViT-B Mask R-CNN, 1024 px"
 log="$out/7_detect_vitb_cuda.txt"
-TAIL=12 run "$name" 120 "$log" "$PY" benchmarks/gpu_detect.py
+TAIL=12 run "$name" 120 "$log" "$PY" benchmarks/gpu_detect.py --device cuda --batches 2,8 --steps 5
 v=$(verdict)
 if [ -z "$v" ] && ! grep -q "^detection summary:" "$log"; then v="FAIL (no summary line in the log)"; fi
 record "$name" "${v:-PASS (${took}s; $(grep '^detection summary:' "$log" | cut -c 20-120))}"
