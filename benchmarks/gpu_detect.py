@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
+from step_sweep import add_common_args, check_args, sweep
 
 from colormae.detect import DetectConfig, build_model, param_groups
 from colormae.model import untrained_encoder
@@ -71,24 +71,12 @@ def bench(args, batch: int, device: torch.device) -> dict:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--preset", default="mae_vit_base_patch16", help="MAE preset of the encoder")
+    add_common_args(p, batches="2,8")
     p.add_argument("--img-size", type=int, default=1024)
     p.add_argument("--patch-size", type=int, default=None, help="default: the encoder's")
     p.add_argument("--fpn-channels", type=int, default=256, help="pyramid and head width (ViTDet: 256)")
     p.add_argument("--roi-batch", type=int, default=512, help="sampled proposals per image (ViTDet: 512)")
-    p.add_argument("--batches", default="2,8", help="comma-separated images per step")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
-    args = p.parse_args(argv)
-    try:
-        args.batch_list = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        p.error(f"--batches {args.batches!r}: expected integers separated by commas, e.g. 2,8")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available (use --device cpu for a smoke run)")
-    return args
+    return check_args(p, p.parse_args(argv))
 
 
 def main(argv=None) -> list[dict]:
@@ -96,19 +84,7 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"ViTDet Mask R-CNN, {args.preset}, {args.img_size} px, amp {args.amp}, on {name}")
-    rows = []
-    for batch in args.batch_list:
-        try:
-            r = bench(args, batch, device)
-        except torch.OutOfMemoryError:
-            print(f"batch {batch}: OOM")
-            torch.cuda.empty_cache()
-            continue
-        rows.append(r)
-        print(f"batch {batch}: {r['step_s']:.3f} s/step, {r['img_per_s']:.1f} img/s, peak {r['peak_gib']:.1f} GiB, "
-              f"loss {r['loss']:.3f}, {r['params_m']:.1f} M parameters")
-    if not rows:
-        sys.exit("no batch size fitted")
+    rows = sweep(bench, args, device)
     best = max(rows, key=lambda r: r["img_per_s"])
     print(f"detection summary: {best['img_per_s']:.1f} img/s at batch {best['batch']} "
           f"(peak {best['peak_gib']:.1f} GiB); 100 COCO epochs (118k images) = "

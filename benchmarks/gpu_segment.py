@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 
 import torch
+from step_sweep import add_common_args, check_args, sweep
 import torch.nn.functional as F
 
 from colormae.model import untrained_encoder
@@ -85,22 +85,10 @@ def bench_slide(args, device: torch.device) -> float:
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--preset", default="mae_vit_base_patch16", help="MAE preset of the encoder")
+    add_common_args(p, batches="2,16")
     p.add_argument("--crop", type=int, default=512)
     p.add_argument("--head-channels", type=int, default=None, help="UperNet width (default: the encoder's, 768)")
-    p.add_argument("--batches", default="2,16", help="comma-separated images per step (paper: 2 per GPU x 8)")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"))
-    args = p.parse_args(argv)
-    try:
-        args.batch_list = [int(b) for b in args.batches.split(",")]
-    except ValueError:
-        p.error(f"--batches {args.batches!r}: expected integers separated by commas, e.g. 2,16")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error("--device cuda: CUDA is not available (use --device cpu for a smoke run)")
-    return args
+    return check_args(p, p.parse_args(argv))
 
 
 def main(argv=None) -> list[dict]:
@@ -108,19 +96,7 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"UperNet, {args.preset}, {args.crop} px crops, amp {args.amp}, on {name}")
-    rows = []
-    for batch in args.batch_list:
-        try:
-            r = bench(args, batch, device)
-        except torch.OutOfMemoryError:
-            print(f"batch {batch}: OOM")
-            torch.cuda.empty_cache()
-            continue
-        rows.append(r)
-        print(f"batch {batch}: {r['step_s']:.3f} s/step, {r['img_per_s']:.1f} img/s, peak {r['peak_gib']:.1f} GiB, "
-              f"loss {r['loss']:.3f}, {r['params_m']:.1f} M parameters")
-    if not rows:
-        sys.exit("no batch size fitted")
+    rows = sweep(bench, args, device)
     slide = bench_slide(args, device)
     best = max(rows, key=lambda r: r["img_per_s"])
     print(f"sliding-window inference of a {args.crop}x{args.crop * 4 // 3} image: {slide:.3f} s "

@@ -14,7 +14,6 @@ Evaluation runs once, at the end, on rank 0 (the other ranks wait).
 """
 from __future__ import annotations
 
-import csv
 import logging
 import sys
 from dataclasses import dataclass
@@ -32,7 +31,7 @@ from .dense_data import instance_targets, load_pennfudan
 from .engine import cli_main, start_run
 from .finetune import _seed_step
 from .model import untrained_encoder
-from .rundir import ENCODER, atomic_write, load_encoder, read_json, save_torch
+from .rundir import ENCODER, load_encoder, read_json, save_torch, write_csv
 from .runtime import GlobalBatchSampler, SeededSamples, Timer, autocast, grad_scaler, project_path, wrap_ddp
 from .vitdet import backbone_from_export, build_maskrcnn
 
@@ -339,13 +338,7 @@ def run_pennfudan_experiment(grid_dir: str = "results/cifar10_grid16", masks: tu
                              **{k: summary.get(k) for k in CSV_COLUMNS[3:7]},
                              "wall_s": summary["wall_time_s"]})  # training and evaluation
     path = out_dir / "detection.csv"
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, CSV_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-    atomic_write(path, write)
+    write_csv(rows, CSV_COLUMNS, path)
     log.info("detection table: %s", path)
     return path
 

@@ -18,7 +18,6 @@ relative to the repository.
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import logging
 import math
@@ -38,8 +37,8 @@ from .masking import make_masker
 from .model import get_config, untrained_encoder
 from .noise import color_params
 from .pretrain import PretrainConfig, parse_mask_params, validate
-from .rundir import (CONFIG, ENCODER, RunDir, atomic_write, check_same_experiment, config_record, read_json, repo_relative,
-                     save_torch, write_json)
+from .rundir import (CONFIG, ENCODER, RunDir, check_same_experiment, config_record, read_json, repo_relative,
+                     save_torch, write_csv, write_json)
 from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
@@ -221,12 +220,7 @@ def write_table(spec: GridSpec) -> Path:
     masks = read_json(recorded)["masks"] if recorded.exists() else spec.masks
     order = {m: i for i, m in enumerate(masks)}
     rows.sort(key=lambda r: (order.get(r["mask"], 99), r["seed"]))
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    return atomic_write(project_path(spec.out) / "table.csv", write)
+    return write_csv(rows, TABLE_COLUMNS, project_path(spec.out) / "table.csv")
 
 
 BAND_COLUMNS = ["sigma1", "sigma2", "band_centre", "seed", "knn_top1", "linprobe_top1", "mean_cluster_size",
@@ -263,13 +257,7 @@ def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> P
                              "mean_cluster_size": round(band_cluster_size(s1, s2, grid, spec.pretrain["mask_ratio"]), 3),
                              "run": repo_relative(path.parent)})
     rows.sort(key=lambda r: (-r["band_centre"], r["seed"]))
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=BAND_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    return atomic_write(project_path(spec.out) / "table.csv", write)
+    return write_csv(rows, BAND_COLUMNS, project_path(spec.out) / "table.csv")
 
 
 def record_grid(spec: GridSpec) -> None:

@@ -15,6 +15,7 @@ count may differ); a finished run is reported, not re-run; one writer at a time.
 from __future__ import annotations
 
 import errno
+import csv
 import json
 import logging
 import os
@@ -74,6 +75,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
 
 def save_torch(obj: Any, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_csv(rows: list[dict], columns: list[str], path: str | os.PathLike) -> Path:
+    """A table (one dict per row, in ``columns`` order), written atomically."""
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(path, write)
 
 
 def write_json(obj: Any, path: str | os.PathLike) -> Path:

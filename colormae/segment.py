@@ -21,7 +21,6 @@ The paper's 8-GPU run::
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import sys
@@ -40,7 +39,7 @@ from .dense_data import (IGNORE_INDEX, SEG_DATA, SEG_NUM_CLASSES, SegmentationDa
                          rescale_factor, resize_normalize)
 from .engine import cli_main, start_run
 from .model import export_encoder, untrained_encoder
-from .rundir import ENCODER, LAST, atomic_write, load_checkpoint, load_encoder, read_json, repo_relative, save_torch
+from .rundir import ENCODER, LAST, load_checkpoint, load_encoder, read_json, repo_relative, save_torch, write_csv
 from .runtime import DistInfo, GlobalBatchSampler, SeededSamples, autocast, grad_scaler, project_path, wrap_ddp
 from .upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 
@@ -326,13 +325,7 @@ def run_pennfudan_experiment(grid_dir: str = "results/cifar10_grid16", masks=("r
             rows.append({"mask": mask, "pretrain_seed": ps, "seed": seed, "miou": s["miou"],
                          "iou_person": s["iou"]["person"], "iou_background": s["iou"]["background"],
                          "wall_s": round(s["wall_time_s"], 1)})
-
-    def write(tmp: Path) -> None:
-        with tmp.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-    path = atomic_write(project_path(out) / "segmentation.csv", write)
+    path = write_csv(rows, CSV_COLUMNS, project_path(out) / "segmentation.csv")
     log.info("wrote %s (%d runs)", path, len(rows))
     return path
 

@@ -89,3 +89,20 @@ def test_gpu_check_without_cuda_exits_at_once_with_one_line(tmp_path):
     assert "Traceback" not in out and "skipped" not in out and "==" not in out
     assert elapsed < 60, elapsed
     assert (set(runs.iterdir()) if runs.is_dir() else set()) == before  # no output folder for a run that did not run
+
+
+@pytest.mark.parametrize("script, args", [
+    ("gpu_segment.py", ["--crop", "64", "--head-channels", "16"]),
+    ("gpu_detect.py", ["--img-size", "64", "--patch-size", "8", "--fpn-channels", "16", "--roi-batch", "16"])])
+def test_dense_gpu_benchmarks_smoke_on_cpu(script, args):
+    """gpu_check.sh steps 6-7 grep these scripts' summary lines: a CPU smoke run must print them."""
+    root = Path(__file__).resolve().parents[1]
+    cmd = ["python3", str(root / "benchmarks" / script), "--device", "cpu", "--preset", "mae_vit_micro_patch4_32",
+           "--batches", "2", "--steps", "1", "--warmup", "0", "--amp", "none", *args]
+    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = [line for line in proc.stdout.splitlines() if line.startswith(("segmentation summary:", "detection summary:"))]
+    assert len(summary) == 1 and "img/s at batch 2" in summary[0]
+    bad = subprocess.run([*cmd, "--batches", "two"], cwd=root, capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--batches 'two'" in bad.stderr
