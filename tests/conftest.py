@@ -10,6 +10,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Thousands of tiny ops: with 2 threads on busy shared cores, every op waits out a descheduled
+    OpenMP thread (a 0.2 s probe took 30 s). One thread is also faster at these sizes."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def run_one_and_two_processes(cli: list[str], out: Path, global_batch: int) -> tuple[Path, Path]:
     """Run ``python -m ...`` once in one process and once under ``torchrun`` with 2 gloo processes,
     same global batch; returns the two output directories (``out/one``, ``out/two``)."""

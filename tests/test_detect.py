@@ -27,12 +27,7 @@ TINY = dict(img_size=64, patch_size=8, fpn_channels=16, roi_batch=16, batch_size
             warmup_steps=1, blr=1e-2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 
 
 @pytest.fixture(scope="module")

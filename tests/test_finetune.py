@@ -19,14 +19,7 @@ from conftest import run_one_and_two_processes
 MICRO = "mae_vit_micro_patch4_32"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of tiny ops: with 2 threads on busy shared cores, every op waits out a descheduled
-    OpenMP thread (a 0.2 s probe took 30 s). One thread is also faster at these sizes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 
 
 @pytest.fixture(scope="module")

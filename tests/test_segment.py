@@ -19,12 +19,7 @@ from test_dense_data import make_pennfudan
 MICRO = "mae_vit_micro_patch4_32"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 
 
 @pytest.fixture(scope="module")
