@@ -16,17 +16,30 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 log = logging.getLogger(__name__)
 BOX_TOLERANCE = 1.0  # pixels a box may overhang the image (rounding in exported annotations): clipped
 METRICS = ("ap_box", "ap50_box", "ap_mask", "ap50_mask")
+
+
+def pycocotools():
+    """(mask_utils, COCO, COCOeval), imported where annotations or AP are needed: building and
+    training the detector does not need pycocotools (GPU images often lack it; gpu_detect.py runs)."""
+    try:
+        from pycocotools import mask as mask_utils
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+    except ImportError as e:
+        raise ImportError(f"pycocotools is needed for COCO annotations and AP ({e}): pip install pycocotools") from e
+    return mask_utils, COCO, COCOeval
 
 
 def coco_paths(root: str | os.PathLike, split: str) -> tuple[Path, Path]:
@@ -85,7 +98,7 @@ def load_coco(path: str | os.PathLike) -> tuple[COCO, dict]:
 
 
 def coco_from_dict(data: dict) -> COCO:
-    coco = COCO()
+    coco = pycocotools()[1]()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
         coco.createIndex()
@@ -149,6 +162,7 @@ def evenly_spaced(items: list, length: int | None) -> list:
 def instances_to_coco(targets: list[tuple[int, int, int, torch.Tensor]], category: str = "person") -> COCO:
     """Ground truth in memory from (image_id, height, width, masks bool [N, H, W]) per image, one
     category (id 1): how Penn-Fudan is evaluated with the same COCOeval code as COCO."""
+    mask_utils = pycocotools()[0]
     images, anns = [], []
     for image_id, h, w, masks in targets:
         images.append({"id": image_id, "height": h, "width": w, "file_name": f"{image_id}.png"})
@@ -160,7 +174,7 @@ def instances_to_coco(targets: list[tuple[int, int, int, torch.Tensor]], categor
 
 
 def encode_mask(mask: torch.Tensor) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
+    rle = pycocotools()[0].encode(np.asfortranarray(mask.numpy().astype(np.uint8)))
     rle["counts"] = rle["counts"].decode("ascii")  # json-serialisable, as in COCO files
     return rle
 
@@ -181,6 +195,7 @@ def predictions_to_results(image_id: int, pred: dict, cat_ids: list[int], mask_t
 def coco_evaluate(coco_gt: COCO, results: list[dict], img_ids: list[int] | None = None) -> dict:
     """AP@[.5:.95] and AP50 for boxes and masks (COCOeval, 100 detections, all areas) over
     ``img_ids`` (default: every ground-truth image); no detections at all scores 0."""
+    COCOeval = pycocotools()[2]
     out = {}
     for iou_type, key in (("bbox", "box"), ("segm", "mask")):
         if not results:

@@ -130,7 +130,7 @@ class Masker:
             rng = _numpy_rng(generator)
             masked = np.stack([_block_mask(g, L - self.n_keep, self.params["min_block_patches"], rng,
                                            self.params["min_aspect"]) for _ in range(b)])
-            s = torch.from_numpy(~masked.reshape(b, L)).float()
+            s = torch.from_numpy(~masked.reshape(b, L)).float().to(draw)  # the fill below is drawn on the generator's device
             s = s + 0.5 * torch.rand(b, L, generator=generator, device=draw)  # random fill if BEiT fell short
         elif self.source == "online":
             # A window of a bigger periodic canvas (see ``canvas``), so the mask does not wrap around.

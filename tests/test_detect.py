@@ -288,3 +288,28 @@ def notebook_setup(tmp_path) -> None:
                                 output_dir=str(tmp_path / f"encoder_{mask}"), device="cpu"))
     write_coco(tmp_path / "coco", "train2017", 4, seed=0)
     write_coco(tmp_path / "coco", "val2017", 2, seed=1)
+
+
+def test_detector_builds_without_pycocotools_and_ap_names_it():
+    """GPU images often lack pycocotools (the device check failed on it): building and running the
+    detector must not need it; AP evaluation says what is missing."""
+    import subprocess
+    import sys
+    code = f"""
+import sys, torch
+sys.modules["pycocotools"] = None  # as if not installed
+from colormae.detect import DetectConfig, build_model
+from colormae.coco import coco_evaluate
+from colormae.model import untrained_encoder
+cfg = DetectConfig(encoder="x", **{TINY!r})
+model = build_model(untrained_encoder("mae_vit_micro_patch4_32", 0), 1, cfg).eval()
+with torch.no_grad():
+    model([torch.rand(3, cfg.img_size, cfg.img_size)])
+try:
+    coco_evaluate(None, [{{"image_id": 1}}])
+except ImportError as e:
+    print("ImportError:", e)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "pip install pycocotools" in out.stdout

@@ -212,6 +212,16 @@ def test_cuda_masks_match_cpu(kind, source):
     assert torch.equal(cpu[0], cuda[0].cpu())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind, source", CASES)
+def test_cuda_generator_draws_every_kind_on_cuda(kind, source):
+    """A generator on the GPU (benchmarks/masking.py's case): every kind works and stays on the GPU
+    (block masks once mixed a CPU tensor from numpy with a CUDA draw)."""
+    m = make_masker(kind, 14, source=source, bank_patterns=8)
+    mask, ids_keep, _ = m(8, generator=torch.Generator("cuda").manual_seed(1), device="cuda")
+    assert mask.device.type == "cuda" and (mask == 0).sum(1).eq(m.n_keep).all()
+
+
 @pytest.mark.parametrize("args, kwargs, match", [
     (("pink", 14), {}, "kind='pink'.*allowed values: random, block, grid, white, red, blue, green, purple"),
     (("green", 14, 1.0), {}, r"mask_ratio=1.0 must be in the open interval \(0, 1\)"),
