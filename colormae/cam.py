@@ -18,16 +18,24 @@ import torch.nn as nn
 
 from .rundir import LAST, load_checkpoint
 from .runtime import project_path
+from .weights import CLASSIFIER
 
 log = logging.getLogger(__name__)
 
 
+def classifier_file(run_dir: str | os.PathLike) -> os.PathLike | None:
+    """A fine-tuning run's classifier: its checkpoint-last.pth, else its committed fp16 copy
+    (``weights.save_compact_classifier``: what a fresh clone has); None when neither exists."""
+    run_dir = project_path(run_dir)
+    return next((p for p in (run_dir / LAST, run_dir / CLASSIFIER) if p.is_file()), None)
+
+
 def load_classifier(path: str | os.PathLike) -> nn.Module:
     """The timm ViT of a fine-tuning run (``colormae.finetune``, protocol ``finetune``): its run
-    directory or checkpoint file. In eval mode, on the CPU."""
+    directory (see ``classifier_file``) or a checkpoint file. In eval mode, fp32, on the CPU."""
     path = project_path(path)
     if path.is_dir():
-        path = path / LAST
+        path = classifier_file(path) or path / LAST
     ckpt = load_checkpoint(path, required=("model", "timm_name", "timm_kwargs", "num_classes"))
     state = ckpt["model"]
     if "head.0.running_mean" in state:  # evaluate.LinearProbe: BatchNorm then Linear
@@ -35,7 +43,7 @@ def load_classifier(path: str | os.PathLike) -> nn.Module:
     pool = "avg" if "fc_norm.weight" in state else "token"  # MAE fine-tuning pools patch tokens
     model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=ckpt["num_classes"],
                               global_pool=pool, **ckpt["timm_kwargs"])
-    model.load_state_dict(state)
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return model.eval()
 
 

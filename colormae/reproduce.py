@@ -50,12 +50,14 @@ EXPERIMENTS = {
     "pennfudan-segment": "see the experiment's own estimate (printed when it starts)",
     "pennfudan-detect": "see the experiment's own estimate (printed when it starts)",
 }
-# Fig. 6's fine-tuned classifiers: the grid's seed-0 random and green encoders fine-tuned on a
-# 10k-image CIFAR-10 subset (3 epochs, MAE's recipe scaled down; estimate ~15 min each on 2 cores).
-FINETUNE_CAM = {m: ["-m", "colormae.finetune", "--encoder", f"results/cifar10_grid16/runs/{m}_seed0",
+# Fig. 6's fine-tuned classifiers: the grid's seed-0 random and green encoders (the committed compact
+# fp16 copies, so a fresh clone can rerun it) fine-tuned on a 10k-image CIFAR-10 subset (3 epochs, MAE's
+# recipe scaled down), then saved in fp16 beside each run (committed: the figure regenerates from them).
+FINETUNE_CAM = {m: ["-m", "colormae.finetune", "--encoder", f"results/cifar10_grid16/weights/{m}.pth",
                     "--protocol", "finetune", "--dataset", "cifar10", "--train-length", "10000",
                     "--test-length", "2000", "--epochs", "3", "--output-dir", f"results/finetune/grid16_{m}_seed0"]
                 for m in ("random", "green")}
+COMPACT_CAM = ["-m", "colormae.weights", "--classifier", *(cmd[-1] for cmd in FINETUNE_CAM.values())]
 
 
 @dataclass
@@ -152,7 +154,7 @@ def run_experiments(dry_run: bool = False) -> None:
     for name, estimate in EXPERIMENTS.items():
         print(f"  python -m colormae.experiments {name:<20} {estimate}")
     print("Fig. 6 fine-tuning runs:")
-    for cmd in FINETUNE_CAM.values():
+    for cmd in [*FINETUNE_CAM.values(), COMPACT_CAM]:
         print("  python " + " ".join(cmd))
     if dry_run:
         return
@@ -165,6 +167,7 @@ def run_experiments(dry_run: bool = False) -> None:
         subprocess.run([sys.executable, "-m", "colormae.experiments", name], cwd=ROOT, check=True)
     for cmd in FINETUNE_CAM.values():
         subprocess.run([sys.executable, *cmd, "--resume", "auto"], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, *COMPACT_CAM], cwd=ROOT, check=True)
 
 
 def execute(nbs: list[Notebook], out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:

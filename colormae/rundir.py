@@ -373,7 +373,8 @@ def load_encoder(path: str | os.PathLike, *, allow_unfinished: bool = False) -> 
     * a pretraining run directory: its ``encoder.pth`` (written when the run finished); an
       unfinished run's ``checkpoint-last.pth`` only with ``allow_unfinished=True``,
     * an ``encoder.pth`` export,
-    * a pretraining checkpoint (``checkpoint-*.pth``): the MAE is rebuilt and exported.
+    * a pretraining checkpoint (``checkpoint-*.pth``): the MAE is rebuilt and exported,
+    * a compact fp16 MAE (``weights.save_compact``, committed for the grid's seed-0 runs): exported in fp32.
     """
     from .model import export_encoder, mae_from_checkpoint
     path = project_path(path)
@@ -396,6 +397,9 @@ def load_encoder(path: str | os.PathLike, *, allow_unfinished: bool = False) -> 
     obj = load_checkpoint(path, required=())  # ValueError on corrupt / non-dict files
     if _is_export(obj):
         return obj
+    from .weights import FORMAT as COMPACT, load_compact  # weights imports this module: imported here
+    if obj.get("format") == COMPACT:
+        return export_encoder(load_compact(path))
     if "model" in obj and "mae_config" in obj:
         return export_encoder(mae_from_checkpoint(obj))
     raise ValueError(f"{path} is neither an encoder export (keys state_dict, timm_name, timm_kwargs) nor a "

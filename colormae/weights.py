@@ -25,6 +25,14 @@ from .runtime import project_path
 log = logging.getLogger(__name__)
 
 FORMAT = "colormae-compact-mae-v1"
+CLASSIFIER_FORMAT = "colormae-compact-classifier-v1"
+# A fine-tuning run's classifier in fp16, inside the run directory and committed (Fig. 6 regenerates
+# from a fresh clone); cam.load_classifier reads it where checkpoint-last.pth is absent.
+CLASSIFIER = "classifier-fp16.pth"
+
+
+def _fp16(state: dict) -> dict:
+    return {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
 def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
@@ -36,9 +44,7 @@ def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     cfg = summary.get("config", {})
     if not summary.get("finished", False):
         log.warning("%s is unfinished (%s epochs done): saving it as it is", run_dir, summary.get("epochs_done"))
-    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach()
-             for k, v in model.state_dict().items()}
-    record = {"format": FORMAT, "model": state, "mae_config": asdict(model.cfg),
+    record = {"format": FORMAT, "model": _fp16(model.state_dict()), "mae_config": asdict(model.cfg),
               "source": repo_relative(run_dir), "mask": cfg.get("mask"), "seed": cfg.get("seed"),
               "final_loss": summary.get("final_loss"), "epochs_done": summary.get("epochs_done")}
     return save_torch(record, project_path(path))
@@ -52,6 +58,16 @@ def load_compact(path: str | os.PathLike) -> MaskedAutoencoder:
     model = MaskedAutoencoder(MAEConfig(**obj["mae_config"]))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()})
     return model.eval()
+
+
+def save_compact_classifier(run_dir: str | os.PathLike) -> Path:
+    """``<run_dir>/classifier-fp16.pth``: the fp16 model of fine-tuning run ``run_dir`` (its
+    checkpoint-last.pth, without optimizer state) and what ``cam.load_classifier`` needs."""
+    run_dir = project_path(run_dir)
+    ckpt = load_checkpoint(run_dir / LAST, required=("model", "timm_name", "timm_kwargs", "num_classes"))
+    record = {"format": CLASSIFIER_FORMAT, "model": _fp16(ckpt["model"]), "source": repo_relative(run_dir),
+              **{k: ckpt[k] for k in ("timm_name", "timm_kwargs", "num_classes")}}
+    return save_torch(record, run_dir / CLASSIFIER)
 
 
 def compact_path(grid_dir: str | os.PathLike, mask: str) -> Path:
@@ -92,11 +108,16 @@ def export_grid(grid_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("grid_dir", help="a grid's output folder, e.g. results/cifar10_grid16")
+    p.add_argument("grid_dir", nargs="?", help="a grid's output folder, e.g. results/cifar10_grid16")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classifier", nargs="+", default=[], metavar="RUN_DIR",
+                   help=f"fine-tuning runs: write each one's {CLASSIFIER}")
     args = p.parse_args(argv)
+    if not args.grid_dir and not args.classifier:
+        p.error("give a grid folder, --classifier RUN_DIR ..., or both")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = export_grid(args.grid_dir, args.seed)
+    paths = export_grid(args.grid_dir, args.seed) if args.grid_dir else []
+    paths += [save_compact_classifier(run) for run in args.classifier]
     for path in paths:
         print(repo_relative(path))
     return paths

@@ -100,6 +100,17 @@ def test_eigencam_maps_cover_the_image_and_follow_the_activations(tmp_path):
                              "mlp_ratio": 4.0, "in_chans": 3}}
     save_torch(state, tmp_path / "checkpoint-last.pth")
     assert load_classifier(tmp_path).patch_embed.grid_size == (8, 8)
+    # the committed fp16 copy stands in for the checkpoint (a fresh clone has only that)
+    from colormae.cam import classifier_file
+    from colormae.weights import save_compact_classifier
+    compact = save_compact_classifier(tmp_path)
+    (tmp_path / "checkpoint-last.pth").unlink()
+    assert classifier_file(tmp_path) == compact
+    restored = load_classifier(tmp_path)
+    assert all(v.dtype == torch.float32 for v in restored.state_dict().values() if v.is_floating_point())
+    with torch.no_grad():
+        torch.testing.assert_close(restored(imgs), vit.eval()(imgs), atol=2e-2, rtol=0)
+    assert classifier_file(tmp_path / "nothing") is None
     state["model"] = {**state["model"], "head.0.running_mean": torch.zeros(64)}
     save_torch(state, tmp_path / "probe.pth")
     with pytest.raises(ValueError, match="linear probe"):

@@ -111,6 +111,14 @@ def test_compact_weights_round_trip_in_fp16(tmp_path):
     assert grid_model(grid, "green", seed=1)[1].endswith("runs/green_seed1")
     with pytest.raises(FileNotFoundError, match="cifar10-grid16"):
         grid_model(grid, "blue")
+    # the compact file is an encoder source for fine-tuning (Fig. 6 from a fresh clone): fp32 export
+    from colormae.model import export_encoder
+    from colormae.rundir import load_encoder
+    export, reference = load_encoder(written[0]), export_encoder(loaded)
+    assert export["timm_name"] == reference["timm_name"]
+    for k, v in reference["state_dict"].items():
+        assert export["state_dict"][k].dtype == torch.float32
+        torch.testing.assert_close(export["state_dict"][k], v)
 
 
 def test_paper_tables_are_labelled_and_complete():
