@@ -180,16 +180,26 @@ def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, dev
     return finetune.run(ft)
 
 
-def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto") -> dict:
+def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_weights: bool = False) -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
     one run; the evaluation is reused when eval.json was made with the same settings. The control
-    (``none``) evaluates the untrained encoder of ``seed``: the init its pretraining would start from."""
+    (``none``) evaluates the untrained encoder of ``seed``: the init its pretraining would start from.
+    ``rebuild_weights``: an evaluated run whose weights are gone (git-ignored: a fresh clone) is
+    pretrained again, the same experiment, for its consumers (the dense experiments); its final loss
+    is checked against the recorded one."""
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
     cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
         check_same_experiment(RunDir(run_dir).read_config() or {}, cfg, run_dir)
-        return _reuse_eval(eval_path, spec)
+        rec = _reuse_eval(eval_path, spec)
+        if rebuild_weights and mask != CONTROL and not (run_dir / ENCODER).is_file():
+            loss = pretrain.run(cfg)["final_loss"]
+            same = loss is not None and math.isclose(loss, rec["final_loss"], rel_tol=1e-5)
+            (log.info if same else log.warning)(
+                "rebuilt %s: final loss %.6f, recorded %.6f%s", repo_relative(run_dir), loss or math.nan,
+                rec["final_loss"], "" if same else " (not reproduced exactly: another machine or library version)")
+        return rec
     if mask == CONTROL:
         if (run_dir / CONFIG).exists():
             check_same_experiment(read_json(run_dir / CONFIG), cfg, run_dir)
@@ -295,14 +305,14 @@ def record_grid(spec: GridSpec) -> None:
     write_json(new, path)
 
 
-def run_grid(spec: GridSpec, device: str = "auto") -> Path:
+def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False) -> Path:
     """Seed-major order (every mask at seed 0, then seed 1): a grid cut short stays balanced."""
     record_grid(spec)
     # the band sweep's table is its own (bands, not masks) and includes the grid's default-green runs
     table = (partial(write_band_table, default_green=GRIDS["cifar10-grid16"]) if spec.variants
              else write_table)
     for mask, seed in spec.runs():
-        run_one(spec, mask, seed, device)
+        run_one(spec, mask, seed, device, rebuild_weights)
         table(spec)
     return table(spec)
 
@@ -341,6 +351,9 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--linprobe-epochs", type=int, default=None)
     p.add_argument("--finetune-epochs", type=int, default=None, help="grids that fine-tune (--scale gpu)")
     p.add_argument("--eval-length", type=int, default=None, help="subset of train and test for evaluation (smoke runs)")
+    p.add_argument("--rebuild-weights", action="store_true",
+                   help="pretrain again the evaluated runs whose weights are gone (a fresh clone), e.g. for "
+                        f"{', '.join(DENSE)}; their evaluations are kept")
     p.add_argument("--device", default="auto")
     p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
                    help="cifar10-grid16 only: 'gpu' = the longer, 5-seed, fine-tuned version (results/cifar10_grid16_gpu)")
@@ -376,7 +389,7 @@ def main(argv: list[str] | None = None) -> Path:
         if spec.finetune:
             finetune.validate(finetune.resolve_defaults(finetune.FinetuneConfig(
                 **{**spec.finetune, "encoder": "(each run)", "protocol": "finetune"})))
-        path = run_grid(spec, args.device)
+        path = run_grid(spec, args.device, args.rebuild_weights)
         print(path.read_text())
         return path
     return cli_main(run, spec)

@@ -300,8 +300,10 @@ def grid_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str |
         return path
     run_dir = grid / "runs" / f"{mask}_seed{pretrain_seed}"
     if not (run_dir / ENCODER).is_file():
-        raise FileNotFoundError(f"no pretrained encoder {run_dir / ENCODER}: run the grid first "
-                                "(python -m colormae.experiments cifar10-grid16)")
+        raise FileNotFoundError(
+            f"no pretrained encoder {run_dir / ENCODER}: run the grid first, or rebuild the weights of its "
+            f"evaluated runs (git-ignored): python -m colormae.experiments cifar10-grid16 --masks {mask} "
+            f"--seeds {pretrain_seed} --rebuild-weights")
     return run_dir
 
 

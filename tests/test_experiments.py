@@ -47,6 +47,26 @@ def test_grid_is_resumable(tiny_grid):
     assert (out / "runs" / "green_seed1" / "summary.json").stat().st_mtime_ns == summary
 
 
+def test_rebuild_weights_pretrains_again_only_what_lost_its_weights(tiny_grid, caplog):
+    """A fresh clone has eval.json but no weights: --rebuild-weights pretrains those runs again (the
+    same experiment: same final loss) and keeps their evaluations; plain runs leave them alone."""
+    import json
+    import logging
+    out, args = tiny_grid
+    run = out / "runs" / "random_seed0"
+    recorded = json.loads((run / "eval.json").read_text())
+    for name in ("encoder.pth", "checkpoint-last.pth"):
+        (run / name).unlink()
+    experiments.main(args)
+    assert not (run / "encoder.pth").exists()  # without the flag: evaluations reused, nothing retrained
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json") if p.parent != run}
+    with caplog.at_level(logging.INFO, logger="colormae.experiments"):
+        experiments.main([*args, "--rebuild-weights"])
+    assert (run / "encoder.pth").is_file() and json.loads((run / "eval.json").read_text()) == recorded
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # runs with weights untouched
+    assert "rebuilt" in caplog.text and "not reproduced exactly" not in caplog.text
+
+
 def test_summaries_and_loss_bands(tiny_grid):
     out, _ = tiny_grid
     table = results.load_grid_table(out)
