@@ -16,7 +16,7 @@ from .rundir import read_metrics
 
 MASK_ORDER = ["random", "blue", "green", "purple", "red"]
 CONTROL = "none"  # the untrained encoder (colormae.experiments.CONTROL), evaluated like the others
-METRIC_LABELS = {"knn_top1": "kNN top-1", "linprobe_top1": "linear probe top-1"}
+METRIC_LABELS = {"knn_top1": "kNN top-1", "linprobe_top1": "linear probe top-1", "finetune_top1": "fine-tuned top-1"}
 
 # Paper, Table 1 (ViT-B/16, ImageNet-1K; fine-tuned top-1 %, ADE20K mIoU, COCO AP box) per
 # pretraining epochs. Transcribed from ../shared/paper; these are the paper's numbers, not ours.
