@@ -35,9 +35,31 @@ def _fp16(state: dict) -> dict:
     return {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach() for k, v in state.items()}
 
 
+def _same_record(a: dict, b: dict) -> bool:
+    """Equal metadata and bit-equal tensors (torch.save's bytes differ from one process to the next)."""
+    if a.keys() != b.keys() or a["model"].keys() != b["model"].keys():
+        return False
+    return (all(a[k] == b[k] for k in a if k != "model")
+            and all(x.dtype == y.dtype and torch.equal(x, y) for x, y in zip(a["model"].values(), b["model"].values())))
+
+
+def _save_unless_same(record: dict, path: Path) -> Path:
+    """Write ``record`` to ``path`` unless the file already holds the same content: re-exporting
+    unchanged runs leaves the committed files (and git) untouched."""
+    if path.is_file():
+        try:
+            if _same_record(record, torch.load(path, map_location="cpu", weights_only=False)):
+                log.info("%s is up to date", repo_relative(path))
+                return path
+        except Exception as e:  # noqa: BLE001 - unreadable or foreign file: overwrite it
+            log.warning("%s is unreadable (%s): rewriting it", repo_relative(path), e)
+    return save_torch(record, path)
+
+
 def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     """Write the MAE of pretraining run ``run_dir`` (its checkpoint-last.pth) to ``path`` in fp16,
-    with its config, the run's mask/seed/final loss and where it came from."""
+    with its config, the run's mask/seed/final loss and where it came from (a file with the same
+    content is left as it is)."""
     run_dir = project_path(run_dir)
     model = load_mae(run_dir)
     summary = RunDir(run_dir).read_summary() or {}
@@ -47,7 +69,7 @@ def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     record = {"format": FORMAT, "model": _fp16(model.state_dict()), "mae_config": asdict(model.cfg),
               "source": repo_relative(run_dir), "mask": cfg.get("mask"), "seed": cfg.get("seed"),
               "final_loss": summary.get("final_loss"), "epochs_done": summary.get("epochs_done")}
-    return save_torch(record, project_path(path))
+    return _save_unless_same(record, project_path(path))
 
 
 def load_compact(path: str | os.PathLike) -> MaskedAutoencoder:
@@ -67,7 +89,7 @@ def save_compact_classifier(run_dir: str | os.PathLike) -> Path:
     ckpt = load_checkpoint(run_dir / LAST, required=("model", "timm_name", "timm_kwargs", "num_classes"))
     record = {"format": CLASSIFIER_FORMAT, "model": _fp16(ckpt["model"]), "source": repo_relative(run_dir),
               **{k: ckpt[k] for k in ("timm_name", "timm_kwargs", "num_classes")}}
-    return save_torch(record, run_dir / CLASSIFIER)
+    return _save_unless_same(record, run_dir / CLASSIFIER)
 
 
 def compact_path(grid_dir: str | os.PathLike, mask: str) -> Path:

@@ -121,6 +121,31 @@ def test_compact_weights_round_trip_in_fp16(tmp_path):
         torch.testing.assert_close(export["state_dict"][k], v)
 
 
+def test_reexporting_an_unchanged_run_leaves_the_compact_file_alone(tmp_path):
+    """Committed compact files must not churn in git when the export is run again; a changed run
+    (other weights or another final loss) is written again."""
+    import torch
+
+    from colormae.rundir import write_json
+    from colormae.weights import export_grid
+    grid = tmp_path / "grid"
+    run = grid / "runs" / "green_seed0"
+    _fake_run(run)
+    path = export_grid(grid)[0]
+    before = path.stat()
+    assert export_grid(grid) == [path]
+    assert path.stat().st_ino == before.st_ino and path.stat().st_mtime_ns == before.st_mtime_ns
+    summary = {"finished": True, "final_loss": 0.25, "epochs_done": 1, "config": {"mask": "green", "seed": 0}}
+    write_json(summary, run / "summary.json")
+    export_grid(grid)
+    assert path.stat().st_ino != before.st_ino and torch.load(path, weights_only=False)["final_loss"] == 0.25
+    written = path.stat()
+    _fake_run(run, seed=3)  # other weights ...
+    write_json(summary, run / "summary.json")  # ... same metadata
+    export_grid(grid)
+    assert path.stat().st_ino != written.st_ino
+
+
 def test_paper_tables_are_labelled_and_complete():
     from colormae import paper_tables as pt
     t4 = pt.paper_table4()
