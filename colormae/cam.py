@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from functools import partial
 
 import numpy as np
@@ -23,7 +24,7 @@ from .weights import CLASSIFIER
 log = logging.getLogger(__name__)
 
 
-def classifier_file(run_dir: str | os.PathLike) -> os.PathLike | None:
+def classifier_file(run_dir: str | os.PathLike) -> Path | None:
     """A fine-tuning run's classifier: its checkpoint-last.pth, else its committed fp16 copy
     (``weights.save_compact_classifier``: what a fresh clone has); None when neither exists."""
     run_dir = project_path(run_dir)
@@ -43,7 +44,7 @@ def load_classifier(path: str | os.PathLike) -> nn.Module:
     pool = "avg" if "fc_norm.weight" in state else "token"  # MAE fine-tuning pools patch tokens
     model = timm.create_model(ckpt["timm_name"], pretrained=False, num_classes=ckpt["num_classes"],
                               global_pool=pool, **ckpt["timm_kwargs"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(state)  # copies into the fp32 parameters: an fp16 file needs no cast
     return model.eval()
 
 
