@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import timm
