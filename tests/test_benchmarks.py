@@ -106,3 +106,35 @@ def test_dense_gpu_benchmarks_smoke_on_cpu(script, args):
     assert len(summary) == 1 and "img/s at batch 2" in summary[0]
     bad = subprocess.run([*cmd, "--batches", "two"], cwd=root, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--batches 'two'" in bad.stderr
+
+
+def test_pack_tars_round_trip_keeps_every_member_byte_for_byte(tmp_path, capsys):
+    """The device carry format: unpacked tars hold the same members, names and bytes (order kept)."""
+    import io as _io
+    import tarfile
+
+    pack_tars = load_script("pack_tars")
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = torch.Generator().manual_seed(0)
+    expected = {}
+    for split in ("train", "test"):
+        files = [(f"{split}/cls{i % 2}/{i:03d}.jpg", bytes(torch.randint(0, 256, (50 + i,), generator=rng).tolist()))
+                 for i in range(5)]
+        expected[split] = files
+        with tarfile.open(src / f"{split}.tar", "w") as tar:
+            dir_info = tarfile.TarInfo(f"{split}/cls0")
+            dir_info.type = tarfile.DIRTYPE
+            tar.addfile(dir_info)  # directories are dropped: implied by the names
+            for name, data in files:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, _io.BytesIO(data))
+    pack_tars.main(["pack", str(src), str(tmp_path / "d.pkl.xz")])
+    pack_tars.main(["unpack", str(tmp_path / "d.pkl.xz"), str(tmp_path / "out")])
+    for split, files in expected.items():
+        with tarfile.open(tmp_path / "out" / f"{split}.tar") as tar:
+            assert [(m.name, tar.extractfile(m).read()) for m in tar.getmembers()] == files
+    with pytest.raises(SystemExit) as e:
+        pack_tars.main(["pack", str(tmp_path / "nowhere"), str(tmp_path / "x.pkl.xz")])
+    assert e.value.code == 2 and "src=" in capsys.readouterr().err
