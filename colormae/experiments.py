@@ -37,8 +37,8 @@ from .masking import make_masker
 from .model import get_config, untrained_encoder
 from .noise import color_params
 from .pretrain import PretrainConfig, parse_mask_params, validate
-from .rundir import (CONFIG, ENCODER, RunDir, check_same_experiment, config_record, read_json, repo_relative,
-                     save_torch, write_csv, write_json)
+from .rundir import (CONFIG, ENCODER, RunDir, check_same_experiment, config_record, locked_dir, read_json,
+                     repo_relative, save_torch, write_csv, write_json)
 from .runtime import Timer, project_path
 
 log = logging.getLogger(__name__)
@@ -279,8 +279,13 @@ def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> P
 
 def record_grid(spec: GridSpec) -> None:
     """grid.json: the grid's settings (repository-relative paths). Unchanged settings leave the file
-    untouched; other pretraining or evaluation settings in the same folder are an error."""
-    path = project_path(spec.out) / "grid.json"
+    untouched; other pretraining or evaluation settings in the same folder are an error. Processes
+    that start one grid's masks at once (one GPU, several processes) merge their entries in turn."""
+    with locked_dir(project_path(spec.out)):
+        _record_grid(spec, project_path(spec.out) / "grid.json")
+
+
+def _record_grid(spec: GridSpec, path: Path) -> None:
     new = {**asdict(spec), "out": repo_relative(project_path(spec.out))}
     if path.exists():
         old = read_json(path)

@@ -14,8 +14,9 @@ count may differ); a finished run is reported, not re-run; one writer at a time.
 """
 from __future__ import annotations
 
-import errno
+import contextlib
 import csv
+import errno
 import json
 import logging
 import os
@@ -46,6 +47,27 @@ class DiskFullError(OSError):
 
 
 # -- atomic files ------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on directory ``path`` (created if missing): processes that
+    read-modify-write a shared file in it (a grid's grid.json) take turns. POSIX ``flock`` on the
+    directory itself, so no lock file is left behind; where ``fcntl`` is missing (Windows) it does
+    not lock."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield path
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """``write(tmp)`` into a temp file beside ``path``, then rename: readers and crashes never see

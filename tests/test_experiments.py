@@ -158,13 +158,40 @@ def test_cifar10_micro_end_to_end_accuracy_is_pinned(tmp_path):
 PINNED_CIFAR = {"final_loss": 1.57556, "knn_top1": 137 / 512, "linprobe_top1": 122 / 512}
 
 
+def test_processes_starting_one_grid_at_once_all_land_in_grid_json(tmp_path, monkeypatch):
+    """Three masks started together (one GPU, three processes): each read-merge-write of grid.json
+    waits for the previous one, so no mask is lost. A slow read widens the race window."""
+    import threading
+    import time
+    from dataclasses import replace
+
+    real_read = experiments.read_json
+
+    def slow_read(path):
+        rec = real_read(path)
+        time.sleep(0.2)
+        return rec
+
+    monkeypatch.setattr(experiments, "read_json", slow_read)
+    base = experiments.GRIDS["cifar10-grid16"]
+    experiments.record_grid(replace(base, out=str(tmp_path), masks=("none",), more_seeds={}))
+    threads = [threading.Thread(target=experiments.record_grid,
+                                args=(replace(base, out=str(tmp_path), masks=(m,), more_seeds={}),))
+               for m in ("random", "green", "blue")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(real_read(tmp_path / "grid.json")["masks"]) == ["blue", "green", "none", "random"]
+
+
 def test_grid16_spec_is_one_recipe_with_the_seeds_the_issue_asks_for():
     spec = experiments.GRIDS["cifar10-grid16"]
     runs = spec.runs()
     seeds = {m: sorted(s for label, s in runs if label == m) for m in spec.masks}
-    assert seeds["random"] == seeds["green"] == seeds["none"] == [0, 1, 2]
+    assert seeds["random"] == seeds["green"] == seeds["none"] == [0, 1, 2, 3, 4]
     assert all(seeds[m] == [0, 1] for m in ("blue", "purple", "red", "block"))
-    assert len(runs) == len(set(runs)) == 17
+    assert len(runs) == len(set(runs)) == 23
     # every pretraining config differs from random's by the mask alone
     base = vars(spec.pretrain_config("random", 0))
     for label in spec.masks:
