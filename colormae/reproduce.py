@@ -37,6 +37,7 @@ DESCRIPTIONS = {
     "fig3_reconstructions": "Fig. 3: CIFAR-10 test images reconstructed by each mask's own model under its own mask",
     "fig3_reconstructions_photos": "Fig. 3 (photographs): the same on the embedded photographs at 32 px",
     "fig4_loss_curves_cifar10": "Fig. 4: pretraining loss per mask (mean ± std over seeds)",
+    "fig4_loss_curves_cifar10_gpu": "Fig. 4 at GPU scale: the --scale gpu grid's loss per mask (6 epochs, 5 seeds)",
     "fig5_attention": "Fig. 5: last-block [CLS] attention, random vs green, CIFAR-10 / Penn-Fudan / photos",
     "fig6_eigencam": "Fig. 6: EigenCAM of random vs green classifiers fine-tuned on CIFAR-10",
     "fig_band_sweep": "Beyond the paper: downstream accuracy against the green band's centre frequency",
@@ -45,7 +46,7 @@ DESCRIPTIONS = {
 
 # --run-experiments: in this order (notebooks read their outputs). Estimates are for 2 CPU cores.
 EXPERIMENTS = {
-    "cifar10-grid16": "~2.5 h (README: 14 pretraining runs + 17 evaluations)",
+    "cifar10-grid16": "~2.6 h (README: 18 pretraining runs + 23 evaluations; resumes where it stopped)",
     "cifar10-band-sweep": "~1 h (5 runs at the grid's per-run cost)",
     "pennfudan-segment": "see the experiment's own estimate (printed when it starts)",
     "pennfudan-detect": "see the experiment's own estimate (printed when it starts)",

@@ -287,15 +287,24 @@ def load_band_sweep(sweep_dir: str | Path, grid_dir: str | Path | None = None) -
     return rows.sort_values(["band_centre", "seed"], ascending=[False, True]).reset_index(drop=True), sweep_path.exists()
 
 
-def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1")) -> pd.DataFrame:
+def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), seeds=None) -> pd.DataFrame:
     """Plot data: one row per band (fine to coarse, i.e. falling band centre) with sigma1, sigma2,
-    band_centre, n (seeds) and mean / std (ddof=1; NaN for one seed) of each metric."""
+    band_centre, n (seeds) and mean / std (ddof=1; NaN for one seed) of each metric; ``seeds``:
+    only these seeds' runs (e.g. :func:`band_common_seeds`, for a comparison of bands at equal seeds)."""
+    if seeds is not None:
+        rows = rows[rows["seed"].isin(list(seeds))]
     g = rows.groupby(["sigma1", "sigma2"])
     out = g["band_centre"].first().to_frame()
     out["n"] = g[metrics[0]].count()
     for m in metrics:
         out[f"{m}_mean"], out[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1)
     return out.reset_index().sort_values("band_centre", ascending=False).reset_index(drop=True)
+
+
+def band_common_seeds(rows: pd.DataFrame) -> list[int]:
+    """The seeds every band of ``rows`` (:func:`load_band_sweep`) was run with (the sweep's: 0)."""
+    per_band = [set(g["seed"]) for _, g in rows.groupby(["sigma1", "sigma2"])]
+    return sorted(set.intersection(*per_band)) if per_band else []
 
 
 def band_mask_statistics(bands: list[tuple[float, float]], grid: int = 16, mask_ratio: float = 0.75, batch: int = 256,
@@ -321,59 +330,75 @@ def band_mask_statistics(bands: list[tuple[float, float]], grid: int = 16, mask_
     return table, examples
 
 
-def pooled_seed_std(table: pd.DataFrame, metric: str) -> tuple[float, int]:
-    """Seed-to-seed std of single runs pooled over the grid's pretrained masks with 2+ seeds:
-    sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) and its degrees of freedom sum (n_i - 1); (NaN, 0) if none."""
-    runs = table[(table["mask"] != CONTROL) & table[metric].notna()]
-    g = runs.groupby("mask")[metric]
-    n, var = g.count(), g.var(ddof=1)
-    dof = int((n[n > 1] - 1).sum())
+def pooled_paired_std(table: pd.DataFrame, metric: str, reference: str = "random") -> tuple[float, int]:
+    """Std of the difference between two masks' runs of one seed, pooled over the grid's pretrained
+    masks' per-seed differences to ``reference`` (:func:`paired_differences`):
+    sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) and its degrees of freedom sum (n_i - 1); (NaN, 0) if
+    no mask has 2+ seeds in common with ``reference``. Seed effects shared by all masks (init, data
+    order) cancel in these differences, unlike in the seed-to-seed spread of single runs."""
+    d = paired_differences(table, metric, reference)
+    d = d[(d.index != CONTROL) & (d["n"] > 1)]
+    dof = int((d["n"] - 1).sum())
     if dof == 0:
         return float("nan"), 0
-    return float(np.sqrt(((n[n > 1] - 1) * var[n > 1]).sum() / dof)), dof
+    return float(np.sqrt(((d["n"] - 1) * d["std"].astype(float) ** 2).sum() / dof)), dof
 
 
-def band_sweep_in_words(summary: pd.DataFrame, grid_table: pd.DataFrame, metric: str = "knn_top1",
+def band_sweep_in_words(rows: pd.DataFrame, grid_table: pd.DataFrame, metric: str = "knn_top1",
                         confidence: float = 0.95, digits: int = 1) -> list[str]:
-    """Which band scores best on ``metric``, and each band's difference to the default green band
-    with an interval. Bands of the sweep have 1 seed, so the pairing used for the grid is not
-    available: the interval is the two-sample t interval diff ± t s sqrt(1/n_band + 1/n_default),
-    with s the seed std pooled over the grid's masks (:func:`pooled_seed_std`; assumes every band
-    has the same seed noise, and ignores that runs of one seed correlate, which makes it wider)."""
+    """Which band scores best on ``metric`` at the seeds every band has, and each band's paired
+    difference to the default green band with an interval.
+
+    ``rows``: one row per (band, seed) (:func:`load_band_sweep`). Runs of one seed share init, data
+    order and augmentation, and the seed effect is large next to the bands' differences (on the
+    16x16 grid, seeds 3-4 of random and green score ~1.5 kNN points below seeds 0-2), so bands are
+    compared at the seeds both have: diff = mean over common seeds of (band - default), interval
+    diff ± t s / sqrt(n_common), with s the paired-difference std pooled over the grid's masks vs
+    random (:func:`pooled_paired_std`; assumes the bands share the masks' residual noise)."""
     label = METRIC_LABELS.get(metric, metric)
-    mean = f"{metric}_mean"
-    if mean not in summary:
-        raise ValueError(f"metric={metric!r} is not in the summary; allowed values: "
-                         + ", ".join(c[:-5] for c in summary.columns if c.endswith("_mean")))
-    if summary.empty:
+    if metric not in rows:
+        raise ValueError(f"metric={metric!r} is not a column of the rows; columns: {', '.join(rows.columns)}")
+    rows = rows[rows[metric].notna()]
+    if rows.empty:
         return [f"{label}: no band has results yet"]
-    best = summary.loc[summary[mean].idxmax()]
-    if len(summary) == 1:
-        only = summary.iloc[0]
-        return [f"{label}: only one band has results (σ1 = {only['sigma1']:g}, centre {only['band_centre']:.3f} "
-                f"cycles/patch: {only[mean] * 100:.{digits}f} %, n={int(only['n'])}): nothing to compare yet"]
-    lines = [f"{label}: highest at band centre {best['band_centre']:.3f} cycles/patch (σ1 = {best['sigma1']:g}, "
-             f"σ2 = {best['sigma2']:g}): {best[mean] * 100:.{digits}f} % (n={int(best['n'])}; the highest of "
-             f"{len(summary)} bands)"]
+    bands = {key: g.set_index("seed")[metric].astype(float) for key, g in rows.groupby(["sigma1", "sigma2"])}
+    centre = dict(zip(zip(rows["sigma1"], rows["sigma2"]), rows["band_centre"]))
+    if len(bands) == 1:
+        (s1, s2), only = next(iter(bands.items()))
+        return [f"{label}: only one band has results (σ1 = {s1:g}, centre {centre[(s1, s2)]:.3f} cycles/patch: "
+                f"{only.mean() * 100:.{digits}f} %, n={len(only)}): nothing to compare yet"]
+    common = band_common_seeds(rows)
+    lines = []
+    if common:
+        at = {key: v.loc[common].mean() for key, v in bands.items()}
+        (b1, b2), best = max(at.items(), key=lambda kv: kv[1])
+        lines.append(f"{label} at seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} (every band has "
+                     f"it): highest at band centre {centre[(b1, b2)]:.3f} cycles/patch (σ1 = {b1:g}, σ2 = {b2:g}): "
+                     f"{best * 100:.{digits}f} % (the highest of {len(bands)} bands)")
+    else:
+        lines.append(f"{label}: no seed is common to every band: no ranking of the bands")
     s1, s2 = _default_green()
-    default = summary[(summary["sigma1"] == s1) & (summary["sigma2"] == s2)]
-    if default.empty:
+    if (s1, s2) not in bands:
         return lines + [f"{label}: the default green band (σ1 = {s1:g}) has no result: no differences to it"]
-    d = default.iloc[0]
-    s, dof = pooled_seed_std(grid_table, metric)
+    default = bands[(s1, s2)]
+    sd, dof = pooled_paired_std(grid_table, metric)
     pct = round(confidence * 100)
-    for _, r in summary.iterrows():
-        if (r["sigma1"], r["sigma2"]) == (s1, s2):
+    for (b1, b2), v in sorted(bands.items(), key=lambda kv: -centre[kv[0]]):
+        if (b1, b2) == (s1, s2):
             continue
-        diff = r[mean] - d[mean]
-        head = (f"{label}: σ1 = {r['sigma1']:g} (centre {r['band_centre']:.3f}) − default green (σ1 = {s1:g}) = "
-                f"{_points(diff, digits)} points")
+        seeds = sorted(set(v.index) & set(default.index))
+        head = f"{label}: σ1 = {b1:g} (centre {centre[(b1, b2)]:.3f}) − default green (σ1 = {s1:g})"
+        if not seeds:
+            lines.append(f"{head}: no common seed, not compared")
+            continue
+        diff = float((v.loc[seeds] - default.loc[seeds]).mean())
+        head += f" = {_points(diff, digits)} points (paired at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
         if dof == 0:
-            lines.append(f"{head}: no interval (no grid mask has 2 seeds yet to measure the seed noise), not resolved")
+            lines.append(f"{head}: no interval (no grid mask has 2 seeds in common with random yet), not resolved")
             continue
-        half = stats.t.ppf((1 + confidence) / 2, dof) * s * np.sqrt(1 / r["n"] + 1 / d["n"])
+        half = stats.t.ppf((1 + confidence) / 2, dof) * sd / np.sqrt(len(seeds))
         resolved = abs(diff) > half
         lines.append(f"{head}, {pct} % CI [{_points(diff - half, digits)}, {_points(diff + half, digits)}] "
-                     f"({int(r['n'])} vs {int(d['n'])} seeds, seed std pooled over the grid, {dof} dof): "
+                     f"(paired-difference std pooled over the grid, {dof} dof): "
                      + (f"resolved ({'above' if diff > 0 else 'below'} the default)" if resolved else "not resolved"))
     return lines

@@ -281,22 +281,30 @@ def test_band_sweep_joins_the_grids_green_runs(tmp_path, grid):
     assert math.isnan(s.set_index("sigma1").loc[0.35, "knn_top1_std"])
 
 
-def test_band_sweep_words_interval_by_hand(grid):
-    summary = pd.DataFrame({"sigma1": [0.35, 0.7], "sigma2": [0.7, 1.4], "band_centre": [0.437, 0.21857], "n": [1, 3],
-                            "knn_top1_mean": [0.45, 0.43], "knn_top1_std": [np.nan, 0.01]})
-    s, dof = results.pooled_seed_std(grid, "knn_top1")
-    var = lambda v: np.var(v, ddof=1)  # noqa: E731
-    # random 3, green 4, purple 3, blue 2 seeds (red: 1, none: the control, both left out): 2+3+2+1 dof
-    hand = (2 * var([.40, .44, .42]) + 3 * var([.41, .46, .45, .30]) + 2 * var([.37, .40, .37]) + var([.41, .47])) / 8
-    assert dof == 8 and s == pytest.approx(math.sqrt(hand))
-    words = results.band_sweep_in_words(summary, grid, "knn_top1")
-    assert words[0].startswith("kNN top-1: highest at band centre 0.437 cycles/patch (σ1 = 0.35, σ2 = 0.7): 45.0 % (n=1;")
-    only = results.band_sweep_in_words(summary.iloc[[1]], grid, "knn_top1")
-    assert only == ["kNN top-1: only one band has results (σ1 = 0.7, centre 0.219 cycles/patch: 43.0 %, n=3): "
+def test_band_sweep_words_paired_interval_by_hand(grid):
+    # per (band, seed): the sweep's band at seed 0 only; the default green at seeds 0-2
+    rows = pd.DataFrame({"sigma1": [0.35, 0.7, 0.7, 0.7], "sigma2": [0.7, 1.4, 1.4, 1.4],
+                         "band_centre": [0.437, 0.21857, 0.21857, 0.21857], "seed": [0, 0, 1, 2],
+                         "knn_top1": [0.45, 0.43, 0.50, 0.50]})
+    s, dof = results.pooled_paired_std(grid, "knn_top1")
+    # paired differences to random, in points: green +1 +2 +3 (seed 3 has no random run), purple -3 -4 -5,
+    # blue +1 +3; red has 1 seed and none is the control (both left out): 2 + 2 + 1 dof
+    hand = (2 * 1.0 + 2 * 1.0 + 1 * 2.0) / 5 / 100 ** 2
+    assert dof == 5 and s == pytest.approx(math.sqrt(hand))
+    words = results.band_sweep_in_words(rows, grid, "knn_top1")
+    # ranked at the seed every band has (0), not by the default's 3-seed mean (0.477)
+    assert words[0].startswith("kNN top-1 at seed 0 (every band has it): highest at band centre 0.437 cycles/patch "
+                               "(σ1 = 0.35, σ2 = 0.7): 45.0 %")
+    half = 2.570581835636314 * s  # t(0.975, 5) * s / sqrt(1 common seed)
+    assert "= +2.0 points (paired at seed 0)" in words[1]  # 0.45 - 0.43, not 0.45 - mean(0.43, 0.50, 0.50)
+    assert f"[{(0.02 - half) * 100:+.1f}, {(0.02 + half) * 100:+.1f}]".replace("-", "−") in words[1]
+    assert words[1].endswith("not resolved") and "5 dof" in words[1]
+    only = results.band_sweep_in_words(rows[rows["sigma1"] == 0.7], grid, "knn_top1")
+    assert only == ["kNN top-1: only one band has results (σ1 = 0.7, centre 0.219 cycles/patch: 47.7 %, n=3): "
                     "nothing to compare yet"]
-    half = 2.306004135204166 * s * math.sqrt(1 + 1 / 3)  # t(0.975, 8)
-    assert f"[{(0.02 - half) * 100:+.1f}".replace("-", "−") in words[1]
-    assert words[1].endswith("not resolved") and "1 vs 3 seeds" in words[1]
+    assert results.band_common_seeds(rows) == [0]
+    at0 = results.band_sweep_summary(rows, metrics=("knn_top1",), seeds=[0])
+    assert list(at0["n"]) == [1, 1] and list(at0["knn_top1_mean"]) == [0.45, 0.43]
 
 
 def test_band_mask_statistics_cluster_size_grows_with_sigma():
