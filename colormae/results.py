@@ -87,6 +87,13 @@ def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, di
                       else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
 
 
+def mean_std_columns(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), prefix: str = "ours: ") -> pd.DataFrame:
+    """One 'mean ± std (n=k)' column per metric (in %) and one row per mask, columns named
+    ``f"{prefix}{label} %"``: our side of a table printed beside the paper's."""
+    summary = summarize_by_mask(table, metrics=tuple(metrics))
+    return pd.DataFrame({f"{prefix}{METRIC_LABELS.get(m, m)} %": format_mean_std(summary, m) for m in metrics})
+
+
 # ----------------------------------------------------------------------------- paired intervals
 
 def _per_seed(table: pd.DataFrame, mask: str, metric: str) -> pd.Series:
@@ -244,7 +251,8 @@ def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: 
 BAND_COLUMNS = ["sigma1", "sigma2", "band_centre", "seed", "knn_top1", "linprobe_top1", "mean_cluster_size"]
 
 
-def _default_green() -> tuple[float, float]:
+def default_green_band() -> tuple[float, float]:
+    """(sigma1, sigma2) of the default green mask (``colormae.noise.DEFAULT_PARAMS``)."""
     from .noise import DEFAULT_PARAMS
     return float(DEFAULT_PARAMS["green"]["sigma1"]), float(DEFAULT_PARAMS["green"]["sigma2"])
 
@@ -255,7 +263,7 @@ def _band_rows(table: pd.DataFrame, source: str) -> pd.DataFrame:
     from .pretrain import parse_mask_params
     t = table.copy()
     if "sigma1" not in t or "sigma2" not in t:  # grid-style rows: sigmas in mask_params, empty = defaults
-        s1, s2 = _default_green()
+        s1, s2 = default_green_band()
         params = [parse_mask_params(p if isinstance(p, str) else "") for p in t.get("mask_params", [""] * len(t))]
         t["sigma1"] = [p.get("sigma1", s1) for p in params]
         t["sigma2"] = [p.get("sigma2", s2) for p in params]
@@ -377,7 +385,7 @@ def band_sweep_in_words(rows: pd.DataFrame, grid_table: pd.DataFrame, metric: st
                      f"{best * 100:.{digits}f} % (the highest of {len(bands)} bands)")
     else:
         lines.append(f"{label}: no seed is common to every band: no ranking of the bands")
-    s1, s2 = _default_green()
+    s1, s2 = default_green_band()
     if (s1, s2) not in bands:
         return lines + [f"{label}: the default green band (σ1 = {s1:g}) has no result: no differences to it"]
     default = bands[(s1, s2)]

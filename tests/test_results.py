@@ -138,6 +138,8 @@ def test_summary_std_is_ddof1_and_one_run_is_labelled():
     f = results.format_mean_std(s, "knn_top1")
     assert f["random"] == f"{mean * 100:.2f} ± {hand * 100:.2f} (n=3)" == "43.00 ± 3.61 (n=3)"
     assert f["green"] == "41.00 (n=1)"
+    cols = results.mean_std_columns(table, ("knn_top1",), prefix="ours: ")
+    assert list(cols.columns) == ["ours: kNN top-1 %"] and cols["ours: kNN top-1 %"].to_dict() == f.to_dict()
 
 
 def test_a_metric_without_values_is_a_dash_not_nan():
