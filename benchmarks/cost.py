@@ -30,9 +30,9 @@ from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
 from colormae import make_masker
-from colormae.model import PRESETS, mae_model
-from colormae.rundir import atomic_write, write_json
-from colormae.runtime import environment_info, project_path
+from colormae.files import atomic_write, project_path, write_json
+from colormae.models.mae import PRESETS, mae_model
+from colormae.runtime import environment_info
 
 ROOT = Path(__file__).resolve().parents[1]
 COLORS = ("blue", "green", "purple", "red")

@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
 # the benchmarks import colormae from this checkout even where the package is not installed (GPU images)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python}
+PY=${PYTHON:-python3}  # the tests pass the interpreter that runs them (PYTHON=sys.executable)
 BUDGET=${GPU_CHECK_BUDGET_S:-480}
 
 # CUDA first: one line and a non-zero status when there is none (stderr of the probe is dropped so
@@ -126,7 +126,7 @@ record "$name" "${v:-PASS (${took}s; $(grep -o 'model FLOP utilization: [0-9.]*%
 name="4. pretraining CLI on CUDA (20 steps)"
 log="$out/4_pretrain_cli_cuda.txt"
 TAIL=6 run "$name" 60 "$log" bash -c '
-  "$0" -m colormae.pretrain --device cuda --preset mae_vit_tiny_patch4_64 --max-steps 20 --epochs 1 \
+  "$0" -m colormae pretrain --device cuda --preset mae_vit_tiny_patch4_64 --max-steps 20 --epochs 1 \
     --output-dir "$1" --log-every 5 || exit
   "$0" - "$1" <<EOF
 import json, math, pathlib, sys

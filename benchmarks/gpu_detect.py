@@ -1,7 +1,7 @@
 """ViTDet Mask R-CNN training steps (the paper's detection recipe) on one device: images/s and peak memory.
 
 A ViT-B/16 encoder (untrained MAE init; the weights do not change the cost) in the detector of
-``colormae.detect`` at 1024 px, LSJ-sized synthetic batches (``img_size`` squares, a few boxes and
+``colormae.engines.detect`` at 1024 px, LSJ-sized synthetic batches (``img_size`` squares, a few boxes and
 masks per image), AdamW with ViTDet's parameter groups, bf16 autocast. Each batch size is timed
 after warm-up steps; a batch that does not fit is reported as OOM and the next one still runs.
 
@@ -18,8 +18,8 @@ import time
 import torch
 from step_sweep import add_common_args, check_args, sweep
 
-from colormae.detect import DetectConfig, build_model, param_groups
-from colormae.model import untrained_encoder
+from colormae.engines.detect import DetectConfig, build_model, param_groups
+from colormae.models.mae import untrained_encoder
 from colormae.runtime import autocast
 
 

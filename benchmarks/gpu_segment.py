@@ -1,7 +1,7 @@
 """UperNet training steps (the paper's ADE20K recipe) on one device: images/s and peak memory.
 
 A ViT-B/16 encoder (untrained MAE init; the weights do not change the cost) in the model of
-``colormae.segment`` (features of blocks [3, 5, 7, 11], Feature2Pyramid neck, UperNet 768 channels +
+``colormae.engines.segment`` (features of blocks [3, 5, 7, 11], Feature2Pyramid neck, UperNet 768 channels +
 auxiliary FCN 256), synthetic 512 x 512 crops with 150-class labels, AdamW with layer decay 0.65
 from timm's factory, bf16 autocast, drop path 0.1. Each batch size is timed after warm-up steps;
 one that does not fit is reported as OOM and the next still runs. Then one sliding-window
@@ -18,13 +18,13 @@ import statistics
 import time
 
 import torch
-from step_sweep import add_common_args, check_args, sweep
 import torch.nn.functional as F
+from step_sweep import add_common_args, check_args, sweep
 
-from colormae.model import untrained_encoder
+from colormae.engines.segment import AUX_WEIGHT, BETAS, SegmentConfig, build_model, create_optimizer_v2, transfer_for
+from colormae.models.mae import untrained_encoder
+from colormae.models.upernet import IGNORE_INDEX, predict_slide
 from colormae.runtime import autocast
-from colormae.segment import AUX_WEIGHT, BETAS, SegmentConfig, build_model, create_optimizer_v2, transfer_for
-from colormae.upernet import IGNORE_INDEX, predict_slide
 
 
 def sync(device: torch.device) -> None:

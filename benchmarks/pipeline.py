@@ -7,7 +7,7 @@ batches must not count. A step is what pretraining does: green mask + bf16 forwa
 
 * model-only: one resident batch, no input pipeline.
 * per-file: ``DataLoader(SeededSamples(build_dataset(..., pretrain_transform)))`` with
-  ``GlobalBatchSampler``, ``--num-workers`` (default 1) workers, as ``colormae.pretrain`` runs it.
+  ``GlobalBatchSampler``, ``--num-workers`` (default 1) workers, as ``colormae.engines.pretrain`` runs it.
 * in-memory: ``inmemory.decode_to_memory`` (cached) + ``BatchedLoader`` + ``TrainAugment``.
 
 Threads: ``torch.set_num_threads`` = the cores this process may use (``--threads`` overrides). The
@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
 
-from colormae import inmemory, make_masker
-from colormae.data import build_dataset, default_data_root, pretrain_transform
-from colormae.model import mae_model
-from colormae.runtime import DistInfo, GlobalBatchSampler, SeededSamples, autocast, resolve_amp
+from colormae import make_masker
+from colormae.data import memory as inmemory
+from colormae.data.datasets import build_dataset, default_data_root, pretrain_transform
+from colormae.data.samplers import GlobalBatchSampler, SeededSamples
+from colormae.models.mae import mae_model
+from colormae.runtime import DistInfo, autocast, resolve_amp
 
 ROOT = Path(__file__).resolve().parents[1]
 

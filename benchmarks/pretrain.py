@@ -19,7 +19,7 @@ import torch
 from timm.optim import create_optimizer_v2
 
 from colormae import make_masker
-from colormae.model import mae_model
+from colormae.models.mae import mae_model
 
 # The second random row is a control: its ratio to the first shows the timing noise of this machine.
 CONFIGS = ([("random", "online")] + [(c, s) for c in ("blue", "green", "purple", "red") for s in ("online", "bank")]

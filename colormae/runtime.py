@@ -1,8 +1,8 @@
-"""The process's surroundings: repository paths, device and DDP set-up, mixed precision, seeded
-data order, RNG capture, environment facts and progress bars. Plain functions.
+"""The process's surroundings: device and DDP set-up, mixed precision, per-sample seeds, RNG
+capture, environment facts (versions, git sha, whether the tree was dirty) and progress bars.
 
-Run directories (files, checkpoints, metrics) live in ``colormae.rundir``; the training-loop
-scaffold in ``colormae.engine``; configs and their CLI in ``colormae.config``."""
+Repository paths and atomic files live in ``colormae.files``; run directories in
+``colormae.run.rundir``; the training-loop scaffold in ``colormae.run.scaffold``."""
 from __future__ import annotations
 
 import logging
@@ -16,19 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import timm
 import torch
 import torch.distributed as dist
 
+from .files import ROOT
+
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def project_path(path: str | os.PathLike) -> Path:
-    """Relative paths are taken from the repository root, so a notebook writes to the same place
-    whether papermill runs it from the root (``papermill notebooks/01_pretrain.ipynb out.ipynb``) or
-    JupyterLab runs it from ``notebooks/``. Absolute paths are kept."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else ROOT / path
+__version__ = "0.1.0"
 
 
 # -- distributed ------------------------------------------------------------------------------
@@ -130,54 +125,8 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + position * 104_729) % (2 ** 31 - 1)
 
 
-class GlobalBatchSampler(torch.utils.data.Sampler):
-    """Yields this rank's share of each *global* batch as (index, augmentation seed) pairs.
-
-    The global order is a seeded permutation per epoch and rank r takes the r-th contiguous slice
-    of every global batch, so N processes see exactly the samples (and augmentations) that one
-    process sees with the same global batch. ``start_batch`` skips batches already trained on
-    (exact mid-epoch resume).
-    """
-
-    def __init__(self, length: int, global_batch: int, info: DistInfo, seed: int):
-        if length < global_batch:
-            raise ValueError(f"the dataset has {length} samples, fewer than one global batch ({global_batch})")
-        self.length, self.global_batch, self.info, self.seed = length, global_batch, info, seed
-        self.epoch, self.start_batch = 0, 0
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def __len__(self) -> int:
-        return self.length // self.global_batch - self.start_batch
-
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 9973 + self.epoch)
-        order = torch.randperm(self.length, generator=g).tolist()
-        local = self.global_batch // self.info.world_size
-        for b in range(self.start_batch, self.length // self.global_batch):
-            start = b * self.global_batch + self.info.rank * local
-            yield [(order[p], sample_seed(self.seed, self.epoch, p)) for p in range(start, start + local)]
 
 
-class SeededSamples(torch.utils.data.Dataset):
-    """Applies each sample's seed before loading it, so augmentation ignores workers and resumes.
-
-    torch, python and numpy are all seeded: torchvision draws with torch, timm's RandAugment picks
-    its operations with numpy and python's ``random``."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, item):
-        index, seed = item
-        torch.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed)
-        return self.dataset[index]
 
 
 # -- RNG state ----------------------------------------------------------------------------------
@@ -211,12 +160,22 @@ def git_sha() -> str | None:
         return None
 
 
+def git_dirty() -> bool | None:
+    """Whether tracked files differ from the commit ``git_sha`` names (None outside a git checkout).
+    Recorded, never refused: a summary says whether its numbers came from committed code."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def environment_info(device: torch.device) -> dict:
-    import timm
-    from . import __version__
     info = {"python": sys.version.split()[0], "torch": torch.__version__, "timm": timm.__version__,
             "colormae": __version__, "numpy": np.__version__, "platform": platform.platform(),
-            "device": str(device), "git_sha": git_sha(), "cpu_threads": torch.get_num_threads()}
+            "device": str(device), "git_sha": git_sha(), "git_dirty": git_dirty(),
+            "cpu_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["device_name"] = torch.cuda.get_device_name(device)
     else:

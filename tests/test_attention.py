@@ -1,10 +1,10 @@
-"""[CLS] attention (colormae.attention): the recomputed softmax is the block's own, and the
+"""[CLS] attention (colormae.analysis.attention): the recomputed softmax is the block's own, and the
 foreground fraction is exact on hand-made maps."""
 import pytest
 import torch
 
-from colormae.attention import attention_probs, block_attention, cls_attention, foreground_fraction, upsample
-from colormae.model import mae_model
+from colormae.analysis.attention import attention_probs, block_attention, cls_attention, foreground_fraction, upsample
+from colormae.models.mae import mae_model
 
 
 def _block_io(model, imgs, block=-1):
@@ -76,11 +76,11 @@ def test_upsample_keeps_patches_as_blocks():
     assert up.shape == (1, 4, 4) and up[0, 0, 1] == 0 and up[0, 3, 3] == 3
 
 
-# -- EigenCAM (colormae.cam) ----------------------------------------------------------------------
+# -- EigenCAM (colormae.analysis.cam) ----------------------------------------------------------------------
 
 def test_eigencam_maps_cover_the_image_and_follow_the_activations(tmp_path):
-    from colormae.cam import eigencam, encoder_as_vit, load_classifier
-    from colormae.rundir import save_torch
+    from colormae.analysis.cam import eigencam, encoder_as_vit, load_classifier
+    from colormae.files import save_torch
     torch.manual_seed(0)
     vit = encoder_as_vit(mae_model("mae_vit_micro_patch4_32"))
     imgs = torch.randn(2, 3, 32, 32)
@@ -101,8 +101,8 @@ def test_eigencam_maps_cover_the_image_and_follow_the_activations(tmp_path):
     save_torch(state, tmp_path / "checkpoint-last.pth")
     assert load_classifier(tmp_path).patch_embed.grid_size == (8, 8)
     # the committed fp16 copy stands in for the checkpoint (a fresh clone has only that)
-    from colormae.cam import classifier_file
-    from colormae.weights import save_compact_classifier
+    from colormae.analysis.cam import classifier_file
+    from colormae.experiments.release import save_compact_classifier
     compact = save_compact_classifier(tmp_path)
     (tmp_path / "checkpoint-last.pth").unlink()
     assert classifier_file(tmp_path) == compact

@@ -3,6 +3,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_gpu_check_without_cuda_exits_at_once_with_one_line(tmp_path):
     runs = ROOT / "results" / "gpu_check"
     before = set(runs.iterdir()) if runs.is_dir() else set()
     t = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable}  # the interpreter running the tests
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     elapsed = time.perf_counter() - t
@@ -97,7 +98,7 @@ def test_gpu_check_without_cuda_exits_at_once_with_one_line(tmp_path):
 def test_dense_gpu_benchmarks_smoke_on_cpu(script, args):
     """gpu_check.sh steps 6-7 grep these scripts' summary lines: a CPU smoke run must print them."""
     root = Path(__file__).resolve().parents[1]
-    cmd = ["python3", str(root / "benchmarks" / script), "--device", "cpu", "--preset", "mae_vit_micro_patch4_32",
+    cmd = [sys.executable, str(root / "benchmarks" / script), "--device", "cpu", "--preset", "mae_vit_micro_patch4_32",
            "--batches", "2", "--steps", "1", "--warmup", "0", "--amp", "none", *args]
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})

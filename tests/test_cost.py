@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from colormae import make_masker
-from colormae.model import mae_model
+from colormae.models.mae import mae_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

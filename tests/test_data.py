@@ -12,9 +12,18 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from colormae import data
-from colormae.data import (CIFAR10_CLASSES, CorruptImageError, build_dataset, check_corrupt_fraction,
-                           default_data_root, eval_transform, num_classes, pretrain_transform, skipped_images)
+from colormae.data import datasets as data
+from colormae.data.datasets import (
+    CIFAR10_CLASSES,
+    CorruptImageError,
+    build_dataset,
+    check_corrupt_fraction,
+    default_data_root,
+    eval_transform,
+    num_classes,
+    pretrain_transform,
+    skipped_images,
+)
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 CLASSES = ("cat", "dog", "frog")
@@ -372,7 +381,7 @@ def test_default_data_root(monkeypatch, tmp_path):
     monkeypatch.setenv("COLORMAE_DATA", str(tmp_path))
     assert default_data_root() == tmp_path
     monkeypatch.delenv("COLORMAE_DATA")
-    assert default_data_root() == Path(data.__file__).resolve().parents[2] / "shared" / "data"
+    assert default_data_root() == Path(__file__).resolve().parents[2] / "shared" / "data"  # beside the checkout
 
 
 # ----------------------------------------------------------------------------------- real CIFAR

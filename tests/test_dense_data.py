@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from colormae import dense_data as dd
+from colormae.data import dense as dd
 
 REAL_PENNFUDAN = dd.default_data_root() / "pennfudan"
 

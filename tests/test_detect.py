@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 from timm.models.vision_transformer_sam import Block
 
-from colormae import detect
-from colormae.coco import (CocoInstances, check_annotations, coco_evaluate, instances_to_coco,
-                           predictions_to_results)
-from colormae.detect import DetectConfig, Jittered, run_pennfudan_experiment
-from colormae.model import untrained_encoder
-from colormae.pretrain import PretrainConfig
-from colormae.pretrain import run as pretrain
-from colormae.rundir import load_checkpoint, save_torch
-from colormae.vitdet import SimpleFeaturePyramid, ViTDetBackbone, backbone_from_export, block_forward, global_blocks
+from colormae.engines import detect
+from colormae.data.coco import (CocoInstances, check_annotations, coco_evaluate, instances_to_coco, predictions_to_results)
+from colormae.engines.detect import DetectConfig, Jittered
+from colormae.experiments.dense import DETECTION_COLUMNS, run_detection_experiment
+from colormae.models.mae import untrained_encoder
+from colormae.engines.pretrain import PretrainConfig
+from colormae.engines.pretrain import run as pretrain
+from colormae.files import load_checkpoint, save_torch
+from colormae.models.vitdet import (SimpleFeaturePyramid, ViTDetBackbone, backbone_from_export, block_forward, global_blocks)
 
 MICRO = "mae_vit_micro_patch4_32"
 # a tiny detector: 64 px, patch 8 (the micro encoder's 8x8 grid), narrow heads
@@ -252,8 +252,8 @@ def test_engine_trains_evaluates_and_resumes_bit_identically(encoder, coco_root,
 
 
 def test_a_few_steps_on_pennfudan(encoder, tmp_path):
-    pytest.importorskip("colormae.dense_data")
-    from colormae.dense_data import pennfudan_root
+    pytest.importorskip("colormae.data.dense")
+    from colormae.data.dense import pennfudan_root
     try:
         pennfudan_root()
     except FileNotFoundError as e:
@@ -271,13 +271,13 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
     (grid / "runs" / "random_seed0" / "config.json").write_text(json.dumps({"preset": MICRO}))
     kw = dict(grid_dir=str(grid), masks=("random",), pretrain_seeds=(0,), seeds=(0,), out=str(tmp_path / "out"),
               **{**TINY, "data": "coco", "data_root": str(coco_root), "epochs": 1})
-    path = run_pennfudan_experiment(**kw)
+    path = run_detection_experiment(**kw)
     rows = list(csv.DictReader(open(path)))
     assert [(r["mask"], r["pretrain_seed"], r["seed"]) for r in rows] == [("random", "0", "0"), ("none", "0", "0")]
-    assert list(rows[0]) == detect.CSV_COLUMNS
-    assert run_pennfudan_experiment(**kw).read_text() == path.read_text()  # finished runs are read back
+    assert list(rows[0]) == DETECTION_COLUMNS
+    assert run_detection_experiment(**kw).read_text() == path.read_text()  # finished runs are read back
     with pytest.raises(FileNotFoundError, match="green_seed0"):
-        run_pennfudan_experiment(**{**kw, "masks": ("green",)})
+        run_detection_experiment(**{**kw, "masks": ("green",)})
 
 
 def notebook_setup(tmp_path) -> None:
@@ -298,9 +298,9 @@ def test_detector_builds_without_pycocotools_and_ap_names_it():
     code = f"""
 import sys, torch
 sys.modules["pycocotools"] = None  # as if not installed
-from colormae.detect import DetectConfig, build_model
-from colormae.coco import coco_evaluate
-from colormae.model import untrained_encoder
+from colormae.engines.detect import DetectConfig, build_model
+from colormae.data.coco import coco_evaluate
+from colormae.models.mae import untrained_encoder
 cfg = DetectConfig(encoder="x", **{TINY!r})
 model = build_model(untrained_encoder("mae_vit_micro_patch4_32", 0), 1, cfg).eval()
 with torch.no_grad():

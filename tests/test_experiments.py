@@ -5,9 +5,9 @@ import math
 import pandas as pd
 import pytest
 
-from colormae import experiments, results
-from colormae.rundir import repo_relative
-from colormae.runtime import ROOT
+from colormae.analysis import paper_tables, results
+from colormae.experiments import grids as experiments
+from colormae.files import ROOT, repo_relative
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_rebuild_weights_pretrains_again_only_what_lost_its_weights(tiny_grid, c
     experiments.main(args)
     assert not (run / "encoder.pth").exists()  # without the flag: evaluations reused, nothing retrained
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json") if p.parent != run}
-    with caplog.at_level(logging.INFO, logger="colormae.experiments"):
+    with caplog.at_level(logging.INFO, logger="colormae.experiments.grids"):
         experiments.main([*args, "--rebuild-weights"])
     assert (run / "encoder.pth").is_file() and json.loads((run / "eval.json").read_text()) == recorded
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # runs with weights untouched
@@ -91,10 +91,11 @@ def test_untrained_control_row(tiny_grid):
     assert 0 < float(control["knn_top1"]) < 1
     # the control is the init pretraining starts from: same preset and seed
     import torch
-    from colormae.model import MaskedAutoencoder, export_encoder, get_config
+
+    from colormae.models.mae import MaskedAutoencoder, export_encoder, get_config
     torch.manual_seed(0)
     init = export_encoder(MaskedAutoencoder(get_config("mae_vit_micro_patch4_32")))
-    from colormae.evaluate import evaluate_frozen
+    from colormae.engines.frozen import evaluate_frozen
     ev = evaluate_frozen(init, "embedded", train_length=128, test_length=128, linprobe_epochs=3, seed=0,
                          knn_k=20, amp="bf16", batch_size=512)
     assert ev["knn_top1"] == pytest.approx(float(control["knn_top1"]))
@@ -122,12 +123,12 @@ def test_a_finished_grid_is_left_untouched_and_other_settings_are_refused(tiny_g
 
 
 def test_paper_table_is_labelled_and_complete():
-    t = results.paper_table1()
-    assert t.index.name.startswith("paper") and list(t.columns) == results.MASK_ORDER
+    t = paper_tables.paper_table1()
+    assert t.index.name.startswith("paper") and list(t.columns) == paper_tables.MASK_ORDER
     assert t.loc[800, "green"] == 83.57 and t.loc[100, "red"] == 78.83
-    assert isinstance(results.paper_table1("segmentation_miou"), pd.DataFrame)
+    assert isinstance(paper_tables.paper_table1("segmentation_miou"), pd.DataFrame)
     with pytest.raises(ValueError, match="task="):
-        results.paper_table1("depth")
+        paper_tables.paper_table1("depth")
 
 
 def test_stored_paths_are_relative_to_the_repository(tmp_path):
@@ -198,7 +199,7 @@ def test_grid16_spec_is_one_recipe_with_the_seeds_the_issue_asks_for():
         cfg = vars(spec.pretrain_config(label, 0))
         assert {k for k in base if base[k] != cfg[k]} <= {"mask"}
         experiments.validate(spec.pretrain_config(label, 0))
-    from colormae.model import get_config
+    from colormae.models.mae import get_config
     assert get_config(spec.pretrain["preset"]).grid == 16 and spec.pretrain["norm_pix_loss"] is True
 
 
@@ -214,8 +215,9 @@ def test_band_centre_is_the_peak_of_the_green_transfer_function():
 
 
 def test_mask_params_reach_the_masker_and_bad_ones_fail_early():
-    from colormae.pretrain import PretrainConfig, build_maskers, parse_mask_params, validate
-    from colormae.mask_stats import mask_statistics
+    from colormae.engines.pretrain import PretrainConfig, build_maskers, validate
+    from colormae.masks.schedule import parse_mask_params
+    from colormae.masks.stats import mask_statistics
     assert parse_mask_params("sigma1=0.5, sigma2=1") == {"sigma1": 0.5, "sigma2": 1.0} and parse_mask_params("") == {}
     sizes = {}
     for params in ("sigma1=0.35,sigma2=0.7", "sigma1=2,sigma2=4"):

@@ -7,13 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from colormae import finetune as ft
-from colormae.evaluate import evaluate_frozen, extract_features, knn_classify, linear_probe
-from colormae.finetune import FinetuneConfig, build_finetune_model
-from colormae.model import export_encoder, mae_model
-from colormae.pretrain import PretrainConfig
-from colormae.pretrain import run as pretrain
-from colormae.rundir import load_checkpoint, load_encoder, read_metrics
+from colormae.cli import main as colormae_main
+from colormae.engines import finetune as ft
+from colormae.engines.frozen import evaluate_frozen, extract_features, knn_classify, linear_probe
+from colormae.engines.finetune import FinetuneConfig, build_finetune_model
+from colormae.models.mae import export_encoder, mae_model
+from colormae.engines.pretrain import PretrainConfig
+from colormae.engines.pretrain import run as pretrain
+from colormae.files import load_checkpoint
+from colormae.run.artifacts import load_encoder
+from colormae.run.rundir import read_metrics
 from conftest import run_one_and_two_processes
 
 MICRO = "mae_vit_micro_patch4_32"
@@ -121,7 +124,7 @@ def test_load_encoder_errors(tmp_path):
 
 
 def test_extract_features_shapes_pools_and_labels(run_dir):
-    from colormae import data
+    from colormae.data import datasets as data
     export = load_encoder(run_dir)
     ds = data.build_dataset("embedded", None, "test", data.eval_transform(32), labeled=True, length=10, img_size=32)
     f_cls, y = extract_features(export, ds, batch_size=4, pool="cls")
@@ -130,7 +133,7 @@ def test_extract_features_shapes_pools_and_labels(run_dir):
     assert y.dtype == torch.long and torch.equal(y, y2) and torch.equal(y, torch.tensor([ds[i][1] for i in range(10)]))
     assert not torch.allclose(f_cls, f_avg)
     # the right tokens: [CLS] is token 0 of the normed sequence, avg the mean of the patch tokens
-    from colormae.model import timm_vit_from_export
+    from colormae.models.mae import timm_vit_from_export
     vit, _ = timm_vit_from_export(export, num_classes=0, global_pool="token")
     imgs = torch.stack([ds[i][0] for i in range(10)])
     with torch.no_grad():
@@ -198,13 +201,13 @@ def test_randaugment_pipeline_at_small_sizes(size):
 
 def test_cli_protocols_write_summaries(run_dir, tmp_path):
     common = ["--encoder", str(run_dir), "--train-length", "64", "--test-length", "16", "--device", "cpu"]
-    s = ft.main(common + ["--protocol", "finetune", "--max-steps", "2", "--batch-size", "16", "--amp", "bf16",
-                          "--output-dir", str(tmp_path / "ft")])
+    s = colormae_main(["finetune", *common, "--protocol", "finetune", "--max-steps", "2", "--batch-size", "16",
+                       "--amp", "bf16", "--output-dir", str(tmp_path / "ft")])
     assert s["steps"] == 2 and not s["finished"] and 0 <= s["top1"] <= 1
     for name in ("summary.json", "config.json", "metrics.jsonl", "checkpoint-last.pth"):
         assert (tmp_path / "ft" / name).exists(), name
     for protocol, extra in (("knn", []), ("linprobe-cached", ["--epochs", "5", "--batch-size", "32"])):
-        ft.main(common + ["--protocol", protocol, "--output-dir", str(tmp_path / protocol)] + extra)
+        colormae_main(["finetune", *common, "--protocol", protocol, "--output-dir", str(tmp_path / protocol), *extra])
         summary = json.loads((tmp_path / protocol / "summary.json").read_text())
         assert summary["protocol"] == protocol and 0 <= summary["top1"] <= 1 and summary["num_train"] == 64
         assert summary["environment"]["torch"] == torch.__version__
@@ -251,7 +254,7 @@ def test_finetune_errors_come_before_the_model(run_dir, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="must be even"):
         ft.run(ft_cfg(run_dir, tmp_path, batch_size=15))
     with pytest.raises(SystemExit):
-        ft.main(["--encoder", str(tmp_path / "missing.pth"), "--output-dir", str(tmp_path)])
+        colormae_main(["finetune", "--encoder", str(tmp_path / "missing.pth"), "--output-dir", str(tmp_path)])
 
 
 def test_mae_linear_probe_protocol_trains_the_head_only(run_dir, tmp_path):
@@ -282,7 +285,7 @@ def test_resume_with_another_head_is_refused(run_dir, tmp_path):
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(run_dir, tmp_path):
     # no mixup / drop path: those draw per rank, so only the per-sample augmentation is shared
-    cli = ["-m", "colormae.finetune", "--encoder", str(run_dir), "--train-length", "64", "--test-length", "16",
+    cli = ["-m", "colormae", "finetune", "--encoder", str(run_dir), "--train-length", "64", "--test-length", "16",
            "--epochs", "1", "--amp", "none", "--log-every", "1", "--mixup", "0", "--cutmix", "0", "--drop-path", "0"]
     one, two = run_one_and_two_processes(cli, tmp_path, global_batch=16)
     r1, r2 = read_metrics(one), read_metrics(two)

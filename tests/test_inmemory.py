@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from colormae import inmemory as im
-from colormae.data import build_dataset, eval_transform, pretrain_transform
-from colormae.runtime import DistInfo, GlobalBatchSampler, sample_seed
+from colormae.data import memory as im
+from colormae.data.datasets import build_dataset, eval_transform, pretrain_transform
+from colormae.data.samplers import GlobalBatchSampler
+from colormae.runtime import DistInfo, sample_seed
 
 REAL_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10"
 CLASSES = ("cat", "dog", "frog")
@@ -201,7 +202,7 @@ def test_cache_reused_then_rebuilt_when_tar_changes(tmp_path, caplog):
     write_tar(tmp_path / "train.tar", imgs)
     os.utime(tmp_path / "train.tar", ns=(stamp + 10 ** 9, stamp + 10 ** 9))
     assert (tmp_path / "train.tar").stat().st_size == size
-    with caplog.at_level(logging.INFO, logger="colormae.inmemory"):
+    with caplog.at_level(logging.INFO, logger="colormae.data.memory"):
         again = _decode(tmp_path, cache)
     assert "stale" in caplog.text and torch.equal(again.images, as_tensor(imgs))
     assert len(list(cache.glob("*"))) == 1  # replaced in place, no temp files left
@@ -251,12 +252,12 @@ def test_corrupt_or_partial_cache_detected_and_rebuilt(tmp_path, caplog):
     for what, damage in _corrupt_variants(path).items():
         damage()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="colormae.inmemory"):
+        with caplog.at_level(logging.WARNING, logger="colormae.data.memory"):
             got = _decode(tmp_path, cache)
         assert torch.equal(got.images, expected), what
         assert any(r.levelno == logging.WARNING and "rebuilding" in r.getMessage() for r in caplog.records), what
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="colormae.inmemory"):
+        with caplog.at_level(logging.WARNING, logger="colormae.data.memory"):
             _decode(tmp_path, cache)  # the rebuilt cache is good again
         assert not caplog.records, what
 
@@ -268,7 +269,7 @@ def test_mixed_sizes_refused_with_pipeline_hint(tmp_path):
 
 
 def test_corrupt_image_named_or_skipped(tmp_path):
-    from colormae.data import CorruptImageError
+    from colormae.data.datasets import CorruptImageError
     imgs = smooth_images(6, seed=9)
     write_folder(tmp_path, imgs)
     bad = tmp_path / "train" / "dog" / "0002.png"

@@ -1,9 +1,9 @@
-"""Weighted kNN (colormae.evaluate.knn_classify) is a COSINE kNN: features of unequal norms."""
+"""Weighted kNN (colormae.engines.frozen.knn_classify) is a COSINE kNN: features of unequal norms."""
 import numpy as np
 import pytest
 import torch
 
-from colormae.evaluate import knn_classify
+from colormae.engines.frozen import knn_classify
 
 
 def test_cosine_not_dot_product_picks_the_neighbour():

@@ -1,9 +1,9 @@
 """Notebook parameters -> engine configs and CLI arguments, and the launcher's checks."""
 import pytest
 
-from colormae.config import to_argv
-from colormae.launch import notebook_params, run_engine
-from colormae.pretrain import PretrainConfig
+from colormae.engines.launch import notebook_params, parse_engine_args, run_engine
+from colormae.engines.pretrain import PretrainConfig
+from colormae.run.config import to_argv
 
 
 def test_to_argv_round_trips_through_the_generated_parser():
@@ -12,8 +12,7 @@ def test_to_argv_round_trips_through_the_generated_parser():
     argv = to_argv(PretrainConfig, params)
     # fields at their default (epochs 8, resume None) are left out; False is spelled --no-x
     assert argv == ["--skip-corrupt", "--preset", "mae_vit_base_patch16", "--no-norm-pix-loss", "--mask-ratio", "0.6"]
-    from colormae.pretrain import config_from_argv
-    assert config_from_argv(argv) == PretrainConfig(**params)
+    assert parse_engine_args("pretrain", argv) == PretrainConfig(**params)
 
 
 def test_notebook_params_pick_config_fields_only():
@@ -37,14 +36,14 @@ def test_run_engine_in_process(tmp_path):
 
 
 def test_project_path_is_relative_to_the_repository_root(tmp_path):
-    from colormae.runtime import ROOT, project_path
+    from colormae.files import ROOT, project_path
     assert project_path("results/x") == ROOT / "results" / "x"
     assert project_path(tmp_path) == tmp_path
     assert (ROOT / "colormae" / "runtime.py").exists()
 
 
 def test_only_the_notebooks_default_encoder_is_pretrained_when_missing(tmp_path):
-    from colormae.launch import pretrained_encoder
+    from colormae.engines.launch import pretrained_encoder
     default = tmp_path / "default_run"
     with pytest.raises(FileNotFoundError, match="typo_run not found.*Only the notebook's default"):
         pretrained_encoder(str(tmp_path / "typo_run"), default=str(default))

@@ -6,8 +6,13 @@ import pytest
 import torch
 
 from colormae import COLORS, KINDS, make_masker
-from colormae.mask_stats import (edge_correlation, mask_statistics, mask_statistics_table, random_reference,
-                                 visible_clusters)
+from colormae.masks.stats import (
+    edge_correlation,
+    mask_statistics,
+    mask_statistics_table,
+    random_reference,
+    visible_clusters,
+)
 
 STATS = ("visible", "num_clusters", "cluster_size", "largest_cluster", "neighbour_fraction", "edge_correlation",
          "clustering_vs_random")

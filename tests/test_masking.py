@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from colormae import COLORS, KINDS, make_masker, make_noise_bank, save_noise_bank
-from colormae.masking import _block_mask
+from colormae.masks.maskers import _block_mask
 
 CASES = [(k, "online") for k in KINDS] + [(c, "bank") for c in COLORS]
 

@@ -4,8 +4,16 @@ import timm
 import torch
 
 from colormae import make_masker
-from colormae.model import (PRESETS, export_encoder, get_config, ids_from_mask, mae_model, patchify,
-                            timm_vit_from_export, unpatchify)
+from colormae.models.mae import (
+    PRESETS,
+    export_encoder,
+    get_config,
+    ids_from_mask,
+    mae_model,
+    patchify,
+    timm_vit_from_export,
+    unpatchify,
+)
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=16,
             decoder_depth=1, decoder_num_heads=2)
@@ -112,7 +120,7 @@ def test_paper_presets_use_norm_pix_loss_and_cpu_presets_raw_pixels():
         assert get_config(name).norm_pix_loss is True, name  # MAE's and the official ColorMAE recipe
         assert get_config(name, norm_pix_loss=False).norm_pix_loss is False
     assert get_config("mae_vit_tiny_patch4_64").norm_pix_loss is False  # viewable reconstructions
-    from colormae.pretrain import PretrainConfig
+    from colormae.engines.pretrain import PretrainConfig
     assert PretrainConfig().norm_pix_loss is None  # None: the preset decides
 
 
@@ -148,8 +156,8 @@ def test_export_loads_into_stock_timm(pool):
 
 
 def test_reconstruct_pastes_visible_patches_back_and_figure_reports_mse():
-    from colormae.figures import plot_reconstructions
-    from colormae.model import reconstruct
+    from colormae.analysis.figures import plot_reconstructions
+    from colormae.models.mae import reconstruct
     model = tiny_model().eval()
     imgs = torch.randn(2, 3, 16, 16)
     masks = make_masker("green", 4, 0.75)(2, generator=torch.Generator().manual_seed(0))

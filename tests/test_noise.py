@@ -5,11 +5,25 @@ import numpy as np
 import pytest
 import torch
 
-from colormae import COLORS, color_noise, filter_noise, load_noise_bank, make_noise_bank, radial_spectrum, save_noise_bank
-from colormae.mask_stats import edge_correlation
-from colormae.noise import (aperiodic_color_noise, aperiodic_margin, color_transfer, correlation_length,
-                            gaussian_transfer, white_noise)
-from colormae.void_and_cluster import void_and_cluster
+from colormae import (
+    COLORS,
+    color_noise,
+    filter_noise,
+    load_noise_bank,
+    make_noise_bank,
+    radial_spectrum,
+    save_noise_bank,
+)
+from colormae.masks.noise import (
+    aperiodic_color_noise,
+    aperiodic_margin,
+    color_transfer,
+    correlation_length,
+    gaussian_transfer,
+    white_noise,
+)
+from colormae.masks.stats import edge_correlation
+from colormae.masks.void_and_cluster import void_and_cluster
 
 
 def spectrum(color, size=64, n=64, seed=0, **params):
@@ -139,7 +153,7 @@ def test_void_and_cluster_is_a_blue_rank_array():
 
 # ------------------------------------------------------------------ numbers from the definitions
 def numpy_transfer(color, h, w, sigma=1.5, iterations=2, sigma1=0.7, sigma2=1.4):
-    """Eq. 1-4 written out in numpy on the full FFT grid, independently of colormae.noise."""
+    """Eq. 1-4 written out in numpy on the full FFT grid, independently of colormae.masks.noise."""
     f2 = np.fft.fftfreq(h)[:, None] ** 2 + np.fft.fftfreq(w)[None, :] ** 2
     g = lambda s: np.exp(-2 * np.pi ** 2 * s ** 2 * f2)  # noqa: E731
     return {"white": np.ones_like(f2), "red": g(sigma) ** iterations, "blue": 1 - g(0.7),

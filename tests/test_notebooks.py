@@ -71,14 +71,14 @@ def missing_data(names) -> list[str]:
 
 
 def _micro_encoder(tmp_path: Path) -> None:
-    from colormae.pretrain import PretrainConfig, run
+    from colormae.engines.pretrain import PretrainConfig, run
     run(PretrainConfig(preset="mae_vit_micro_patch4_32", epochs=1, dataset_length=64, batch_size=32, amp="none",
                        output_dir=str(tmp_path / "encoder_run"), device="cpu"))
 
 
 def _micro_grid(tmp_path: Path) -> None:
     """Two norm-pix micro runs shaped like the 16x16 grid's seed-0 runs (notebook 07's models)."""
-    from colormae.pretrain import PretrainConfig, run
+    from colormae.engines.pretrain import PretrainConfig, run
     for mask in ("random", "green"):
         run(PretrainConfig(preset="mae_vit_micro_patch4_32", norm_pix_loss=True, mask=mask, epochs=1,
                            dataset_length=64, batch_size=32, amp="none", device="cpu",

@@ -4,11 +4,13 @@ import math
 
 import pytest
 import torch
-
-from colormae.model import MaskedAutoencoder
-from colormae.pretrain import PretrainConfig, parse_mask_schedule, run
-from colormae.rundir import load_checkpoint, read_metrics
 from conftest import run_one_and_two_processes
+
+from colormae.engines.pretrain import PretrainConfig, run
+from colormae.files import load_checkpoint
+from colormae.masks.schedule import parse_mask_schedule
+from colormae.models.mae import MaskedAutoencoder
+from colormae.run.rundir import read_metrics
 
 
 def tiny_cfg(out, **kw) -> PretrainConfig:
@@ -59,7 +61,7 @@ def mae_lr(it: int, total: int, warmup: int, lr: float, min_lr: float = 0.0) -> 
 
 
 def test_lr_schedule_is_maes_at_every_step(tmp_path):
-    from colormae.engine import cosine_schedule
+    from colormae.run.scaffold import cosine_schedule
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
     sched = cosine_schedule(opt, 100, 10, 1e-3)
@@ -150,7 +152,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_two_process_gloo_matches_one_process(tmp_path):
-    cli = ["-m", "colormae.pretrain", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
+    cli = ["-m", "colormae", "pretrain", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
            "--dataset-length", "64", "--epochs", "1", "--amp", "none", "--blr", "1e-3", "--log-every", "1",
            "--warmup-epochs", "0.5"]
     one, two = run_one_and_two_processes(cli, tmp_path, global_batch=16)

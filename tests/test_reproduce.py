@@ -1,10 +1,11 @@
-"""colormae.reproduce: the listing covers paper_figures/, notebooks are scanned, nothing heavy runs."""
+"""colormae.experiments.reproduce: the listing covers paper_figures/, notebooks are scanned, nothing heavy runs."""
 import json
 
 import nbformat
 import pytest
 
-from colormae import reproduce
+from colormae.engines.launch import parse_engine_args
+from colormae.experiments import reproduce
 
 
 def test_list_names_every_file_in_paper_figures(capsys):
@@ -58,8 +59,8 @@ def test_dry_run_prints_experiments_with_estimates_and_runs_nothing(capsys, monk
     reproduce.main(["--run-experiments", "--dry-run", "--notebooks", "07", "08"])
     out = capsys.readouterr().out
     for name, estimate in reproduce.EXPERIMENTS.items():
-        assert f"python -m colormae.experiments {name}" in out and estimate in out
-    assert "colormae.finetune" in out
+        assert f"colormae experiments {name}" in out and estimate in out
+    assert "python -m colormae finetune" in out
     assert "would run: 07_reconstructions_attention.ipynb, 08_cost_and_tables.ipynb" in out
 
 
@@ -69,13 +70,14 @@ def test_notebooks_run_in_name_order_into_results_notebooks():
     assert reproduce.OUT_DIR.relative_to(reproduce.ROOT).as_posix() == "results/notebooks"
 
 
-# -- compact weights (colormae.weights) and the transcribed tables (colormae.paper_tables) --------
+# -- compact weights (colormae.experiments.release) and the transcribed tables (colormae.analysis.paper_tables) --------
 
 def _fake_run(run_dir, mask="green", seed=0, finished=True):
     import torch
 
-    from colormae.model import mae_model
-    from colormae.rundir import LAST, save_torch, write_json
+    from colormae.files import save_torch, write_json
+    from colormae.models.mae import mae_model
+    from colormae.run.rundir import LAST
     torch.manual_seed(seed)
     model = mae_model("mae_vit_micro_patch4_32", norm_pix_loss=True)
     from dataclasses import asdict
@@ -88,7 +90,8 @@ def _fake_run(run_dir, mask="green", seed=0, finished=True):
 def test_compact_weights_round_trip_in_fp16(tmp_path):
     import torch
 
-    from colormae.weights import export_grid, grid_model, load_compact
+    from colormae.experiments.release import export_grid
+    from colormae.run.artifacts import grid_model, load_compact
     grid = tmp_path / "grid"
     model = _fake_run(grid / "runs" / "green_seed0")
     _fake_run(grid / "runs" / "red_seed0", mask="red", finished=False)   # unfinished: not exported
@@ -112,8 +115,8 @@ def test_compact_weights_round_trip_in_fp16(tmp_path):
     with pytest.raises(FileNotFoundError, match="cifar10-grid16"):
         grid_model(grid, "blue")
     # the compact file is an encoder source for fine-tuning (Fig. 6 from a fresh clone): fp32 export
-    from colormae.model import export_encoder
-    from colormae.rundir import load_encoder
+    from colormae.models.mae import export_encoder
+    from colormae.run.artifacts import load_encoder
     export, reference = load_encoder(written[0]), export_encoder(loaded)
     assert export["timm_name"] == reference["timm_name"]
     for k, v in reference["state_dict"].items():
@@ -126,8 +129,8 @@ def test_reexporting_an_unchanged_run_leaves_the_compact_file_alone(tmp_path):
     (other weights or another final loss) is written again."""
     import torch
 
-    from colormae.rundir import write_json
-    from colormae.weights import export_grid
+    from colormae.experiments.release import export_grid
+    from colormae.files import write_json
     grid = tmp_path / "grid"
     run = grid / "runs" / "green_seed0"
     _fake_run(run)
@@ -147,7 +150,7 @@ def test_reexporting_an_unchanged_run_leaves_the_compact_file_alone(tmp_path):
 
 
 def test_paper_tables_are_labelled_and_complete():
-    from colormae import paper_tables as pt
+    from colormae.analysis import paper_tables as pt
     t4 = pt.paper_table4()
     assert t4.index.name.startswith("paper") and t4.loc["random", "params_m"] == 111.91
     assert pt.PAPER_BANK_MEMORY_INCREASE == pytest.approx(0.028, abs=5e-4)   # the paper's +2.8 %
@@ -156,7 +159,7 @@ def test_paper_tables_are_labelled_and_complete():
         assert paper.index.names[0].startswith("paper")
         assert commands.shape == paper.shape and commands.notna().all().all()
         assert commands.index.equals(paper.index)
-    assert "colormae.detect" in pt.table2_commands("b").loc[("coco_ap_box_1024", 300), "green"]
+    assert "-m colormae detect " in pt.table2_commands("b").loc[("coco_ap_box_1024", 300), "green"]
     assert "--img-size 1024" in pt.table2_commands("b").loc[("coco_ap_box_1024", 300), "green"]
     assert "--mask-source bank" not in pt.table2_commands("a").loc[("ade20k_miou", 800), "random"]
     t3 = pt.paper_table3()
@@ -165,11 +168,12 @@ def test_paper_tables_are_labelled_and_complete():
 
 
 def test_fig6_finetune_commands_are_valid_and_where_notebook_07_looks():
-    from colormae import finetune
+    from colormae.engines import finetune
     params = reproduce._parameters(json.loads((reproduce.NOTEBOOKS_DIR / "07_reconstructions_attention.ipynb")
                                               .read_text())["cells"])
     for mask, cmd in reproduce.FINETUNE_CAM.items():
-        cfg = finetune.resolve_defaults(finetune.config_from_argv(cmd[2:]))
+        assert cmd[:3] == ["-m", "colormae", "finetune"]
+        cfg = finetune.resolve_defaults(parse_engine_args("finetune", cmd[3:]))
         finetune.validate(cfg)
         assert cfg.protocol == "finetune" and cfg.dataset == "cifar10"
         assert params["finetune_dirs"][mask] == cfg.output_dir

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from colormae import figures, results
+from colormae.analysis import figures, results
 
 
 def write_run(out, mask, seed, losses, steps_per_epoch=4, log_every=10):

@@ -1,6 +1,6 @@
 """A run directory is one experiment: resume checks the config, finished runs are left alone, fresh
 runs never replace old ones, one writer at a time, checkpoints on signals and on a clock, torn
-metrics, explosions, disk full. Both engines share the mechanism (colormae.engine / rundir)."""
+metrics, explosions, disk full. Both engines share the mechanism (colormae.run.scaffold / rundir)."""
 import errno
 import json
 import os
@@ -12,10 +12,13 @@ import sys
 import pytest
 import torch
 
-from colormae import engine, finetune, pretrain
-from colormae.config import build_parser
-from colormae.model import MaskedAutoencoder
-from colormae.rundir import DiskFullError, RunDir, RunInUseError, load_checkpoint, read_metrics
+from colormae.run import scaffold as engine
+from colormae.engines import finetune, pretrain
+from colormae.engines.launch import parse_engine_args
+from colormae.run.config import build_parser
+from colormae.models.mae import MaskedAutoencoder
+from colormae.files import DiskFullError, load_checkpoint
+from colormae.run.rundir import RunDir, RunInUseError, read_metrics
 
 MICRO = "mae_vit_micro_patch4_32"
 
@@ -128,7 +131,7 @@ def test_a_second_writer_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path):
 
 def test_two_concurrent_cli_runs_one_fails_with_a_clear_message(tmp_path):
     import time
-    cmd = [sys.executable, "-m", "colormae.pretrain", "--preset", MICRO, "--dataset-length", "100000", "--epochs", "1",
+    cmd = [sys.executable, "-m", "colormae", "pretrain", "--preset", MICRO, "--dataset-length", "100000", "--epochs", "1",
            "--batch-size", "16", "--amp", "none", "--device", "cpu", "--output-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -191,7 +194,7 @@ def test_a_signal_saves_at_a_step_boundary_and_resume_is_bit_identical(sig, tmp_
 
 
 def test_cli_exit_status_and_line_on_sigterm(tmp_path):
-    cmd = [sys.executable, "-m", "colormae.pretrain", "--preset", MICRO, "--dataset-length", "4096", "--epochs", "1",
+    cmd = [sys.executable, "-m", "colormae", "pretrain", "--preset", MICRO, "--dataset-length", "4096", "--epochs", "1",
            "--batch-size", "16", "--amp", "none", "--device", "cpu", "--output-dir", str(tmp_path), "--log-every", "1"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -264,7 +267,7 @@ def test_disk_full_says_so(tmp_path, monkeypatch):
 # -- the generated CLI ------------------------------------------------------------------------------------
 
 def test_help_groups_defaults_and_choices():
-    text = build_parser(pretrain.PretrainConfig, prog="python -m colormae.pretrain").format_help()
+    text = build_parser(pretrain.PretrainConfig, prog="colormae pretrain").format_help()
     for piece in ("model:", "masking:", "optimization:", "run:", "(default: 0.75)", "{online,bank}",
                   "mae_vit_base_patch16", "--no-norm-pix-loss", "--checkpoint-minutes"):
         assert piece in text, piece
@@ -282,13 +285,13 @@ def test_help_groups_defaults_and_choices():
 ])
 def test_bad_pretrain_flags_are_named(argv, message, tmp_path):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
-        pretrain.run(pretrain.config_from_argv(argv + ["--output-dir", str(tmp_path)]))
+        pretrain.run(parse_engine_args("pretrain", [*argv, "--output-dir", str(tmp_path)]))
     assert not (tmp_path / "config.json").exists()
 
 
 def test_paths_are_recorded_relative_to_the_repository_and_compare_either_way():
     import shutil
-    from colormae.runtime import ROOT
+    from colormae.files import ROOT
     rel = "results/scratch/test_relative_paths"  # git-ignored
     out = ROOT / rel
     shutil.rmtree(out, ignore_errors=True)

@@ -7,14 +7,17 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
-from colormae import segment as seg
-from colormae.backbone import FeaturePyramid, ViTFeatures, feature_blocks, transfer_export
-from colormae.dense_data import IGNORE_INDEX, build_segmentation, train_crop
-from colormae.model import untrained_encoder
-from colormae.rundir import load_checkpoint, read_metrics, save_torch
-from colormae.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 from test_dense_data import make_pennfudan
+
+from colormae.cli import main as colormae_main
+from colormae.data.dense import IGNORE_INDEX, build_segmentation, train_crop
+from colormae.engines import segment as seg
+from colormae.experiments import dense
+from colormae.files import load_checkpoint, save_torch
+from colormae.models.backbone import FeaturePyramid, ViTFeatures, feature_blocks, transfer_export
+from colormae.models.mae import untrained_encoder
+from colormae.models.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
+from colormae.run.rundir import read_metrics
 
 MICRO = "mae_vit_micro_patch4_32"
 
@@ -259,7 +262,8 @@ def test_bad_input_fails_before_the_model(encoder, pennfudan, tmp_path, monkeypa
     with pytest.raises(FileNotFoundError, match="root="):
         seg.run(cfg(data_root=str(tmp_path / "nowhere")))
     with pytest.raises(SystemExit):
-        seg.main(["--encoder", str(encoder), "--recipe", "cpu", "--crop-size", "30", "--output-dir", str(tmp_path / "y")])
+        colormae_main(["segment", "--encoder", str(encoder), "--recipe", "cpu", "--crop-size", "30",
+                       "--output-dir", str(tmp_path / "y")])
 
 
 def test_pennfudan_experiment_table(encoder, pennfudan, tmp_path, monkeypatch):
@@ -270,12 +274,12 @@ def test_pennfudan_experiment_table(encoder, pennfudan, tmp_path, monkeypatch):
     tiny = dict(data_root=str(pennfudan), crop_size=32, test_scale=32, slide_stride=16, iterations=2, batch_size=4,
                 warmup_iters=1, head_channels=16, test_length=2, device="cpu", amp="none")
     with pytest.raises(FileNotFoundError, match="green_seed0"):  # every encoder is looked up before training
-        seg.run_pennfudan_experiment(grid, masks=("random", "green"), pretrain_seeds=(0,), seeds=(0,),
-                                     out=tmp_path / "out", **tiny)
-    path = seg.run_pennfudan_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0, 1),
-                                        out=tmp_path / "out", **tiny)
+        dense.run_segmentation_experiment(grid, masks=("random", "green"), pretrain_seeds=(0,), seeds=(0,),
+                                          out=tmp_path / "out", **tiny)
+    path = dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0, 1),
+                                             out=tmp_path / "out", **tiny)
     rows = path.read_text().splitlines()
-    assert rows[0] == ",".join(seg.CSV_COLUMNS) and len(rows) == 5
+    assert rows[0] == ",".join(dense.SEGMENTATION_COLUMNS) and len(rows) == 5
     assert [r.split(",")[:3] for r in rows[1:]] == [["none", "0", "0"], ["none", "0", "1"], ["random", "0", "0"],
                                                     ["random", "0", "1"]]
     control = torch.load(tmp_path / "out" / "encoders" / "none_seed0.pth", weights_only=False)
@@ -283,5 +287,5 @@ def test_pennfudan_experiment_table(encoder, pennfudan, tmp_path, monkeypatch):
                        untrained_encoder(MICRO, 0)["state_dict"]["patch_embed.proj.weight"])
     # finished runs are skipped: a second call trains nothing
     monkeypatch.setattr(seg, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
-    assert seg.run_pennfudan_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0, 1),
-                                        out=tmp_path / "out", **tiny).read_text() == path.read_text()
+    assert dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0, 1),
+                                             out=tmp_path / "out", **tiny).read_text() == path.read_text()

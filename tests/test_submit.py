@@ -11,9 +11,9 @@ import pytest
 
 pytest.importorskip("submitit", reason="submitit is the optional [slurm] extra")
 
-from colormae import submit  # noqa: E402
-from colormae.rundir import read_metrics  # noqa: E402
-from colormae.submit import Job, main, requeue_argv  # noqa: E402
+from colormae.engines import submit  # noqa: E402
+from colormae.engines.submit import Job, main, requeue_argv  # noqa: E402
+from colormae.run.rundir import read_metrics  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_SLURM = "Slurm not found (no sbatch on PATH); use --cluster local to run on this machine"
@@ -29,7 +29,7 @@ def path_without_slurm(tmp_path):
 
 def test_no_slurm_is_one_clear_line(tmp_path):
     env = {**os.environ, "PATH": path_without_slurm(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "colormae.submit", "--", "--epochs", "1",
+    proc = subprocess.run([sys.executable, "-m", "colormae", "submit", "--", "--epochs", "1",
                            "--output-dir", str(tmp_path / "run")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2

@@ -1,0 +1,4 @@
+"""``python -m colormae <command> ...`` (and ``torchrun -m colormae <command> ...``)."""
+from .cli import main
+
+main()

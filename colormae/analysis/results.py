@@ -1,0 +1,382 @@
+"""Reading experiment outputs back: grid tables, per-mask summaries, paired confidence intervals and
+what they resolve (in words), loss curves and the band sweep's plot data. The paper's own numbers
+live in ``colormae.analysis.paper_tables`` (re-exported here for Table 1: ``paper_table1``).
+
+Statistics: runs of one seed share model init, data order and augmentation, so two masks are
+compared by their PAIRED per-seed differences, with a t interval over the seeds both have."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..run.rundir import read_metrics
+from ..masks.maskers import make_masker
+from ..models.mae import CONTROL
+from ..masks.noise import DEFAULT_PARAMS
+from ..masks.schedule import band_centre
+from ..masks.schedule import parse_mask_params
+from ..masks.stats import mask_statistics
+from .paper_tables import MASK_ORDER
+
+METRIC_LABELS = {"knn_top1": "kNN top-1", "linprobe_top1": "linear probe top-1", "finetune_top1": "fine-tuned top-1"}
+
+
+
+
+
+def load_grid_table(out: str | Path, missing_ok: bool = False) -> pd.DataFrame:
+    """``out/table.csv``; with ``missing_ok`` a grid without a finished run gives an empty table."""
+    path = Path(out) / "table.csv"
+    if not path.exists():
+        if missing_ok:
+            return pd.DataFrame(columns=["mask", "seed", "pretrain_epochs", "final_loss", "knn_top1", "linprobe_top1"])
+        raise FileNotFoundError(f"{path} not found: run `colormae experiments <grid>` first")
+    return pd.read_csv(path)
+
+
+def mask_order(masks) -> list[str]:
+    """The paper's column order first, then any other label (block, the control) in order of appearance."""
+    masks = list(dict.fromkeys(masks))
+    return [m for m in MASK_ORDER if m in masks] + [m for m in masks if m not in MASK_ORDER]
+
+
+def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1", "final_loss")) -> pd.DataFrame:
+    """Mean, std and run count per mask, in the paper's column order; accuracies stay fractions.
+
+    ``std`` is the sample standard deviation over seeds (ddof=1, as for every std here); a mask with
+    one run has std NaN (undefined), which ``format_mean_std`` shows as "(n=1)" without a ± part.
+    """
+    g = table.groupby("mask")[list(metrics)]
+    out = pd.concat({"mean": g.mean(), "std": g.std(ddof=1), "n": g.count()}, axis=1)
+    out.columns = [f"{m}_{stat}" for stat, m in out.columns]
+    return out.loc[mask_order(out.index)]
+
+
+def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, digits: int = 2) -> pd.Series:
+    """'mean ± std (n=k)' strings (std with ddof=1), accuracies shown in % by default; one run: 'mean (n=1)';
+    no value (the untrained control has no pretraining loss): '—'."""
+    mean, std, n = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale, summary[f"{metric}_n"]
+    return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)" if k == 1
+                      else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
+
+
+def mean_std_columns(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), prefix: str = "ours: ") -> pd.DataFrame:
+    """One 'mean ± std (n=k)' column per metric (in %) and one row per mask, columns named
+    ``f"{prefix}{label} %"``: our side of a table printed beside the paper's."""
+    summary = summarize_by_mask(table, metrics=tuple(metrics))
+    return pd.DataFrame({f"{prefix}{METRIC_LABELS.get(m, m)} %": format_mean_std(summary, m) for m in metrics})
+
+
+# ----------------------------------------------------------------------------- paired intervals
+
+def _per_seed(table: pd.DataFrame, mask: str, metric: str) -> pd.Series:
+    rows = table[(table["mask"] == mask) & table[metric].notna()]
+    if rows["seed"].duplicated().any():
+        raise ValueError(f"mask={mask!r} has several rows for seed(s) "
+                         f"{sorted(set(rows.loc[rows['seed'].duplicated(), 'seed']))}: one row per (mask, seed) expected")
+    return rows.set_index("seed")[metric].astype(float)
+
+
+def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
+                       confidence: float = 0.95) -> pd.DataFrame:
+    """Per mask: the paired difference ``mask - reference`` of ``metric`` over the seeds both have.
+
+    Runs of one seed share init, data order and augmentation, so the per-seed differences d_s are
+    what varies with the mask alone. With n = number of common seeds: ``diff`` = mean(d),
+    ``std`` = std(d, ddof=1) and the ``confidence`` interval diff ± t_{(1+confidence)/2, n-1} std / sqrt(n)
+    (Student t, n - 1 degrees of freedom). One common seed: ``diff`` only, interval NaN.
+    ``resolved`` is True when the interval excludes 0. Rows follow :func:`mask_order`; the reference
+    itself and masks without a common seed are left out. Values are in the table's units (fractions).
+    """
+    if metric not in table:
+        raise ValueError(f"metric={metric!r} is not a column of the table; columns: {', '.join(table.columns)}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence={confidence} must be in the open interval (0, 1)")
+    columns = ["mask", "reference", "metric", "n", "seeds", "diff", "std", "ci_low", "ci_high", "resolved", "confidence"]
+    if reference not in set(table["mask"]):
+        return pd.DataFrame(columns=columns).set_index("mask")
+    ref = _per_seed(table, reference, metric)
+    rows = []
+    for mask in mask_order(table["mask"]):
+        if mask == reference:
+            continue
+        x = _per_seed(table, mask, metric)
+        seeds = sorted(set(x.index) & set(ref.index))
+        if not seeds:
+            continue
+        d = (x.loc[seeds] - ref.loc[seeds]).to_numpy()  # aligned by seed, never by row position
+        n = len(d)
+        std = d.std(ddof=1) if n > 1 else float("nan")
+        half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n) if n > 1 else float("nan")
+        lo, hi = d.mean() - half, d.mean() + half
+        rows.append({"mask": mask, "reference": reference, "metric": metric, "n": n, "seeds": seeds,
+                     "diff": d.mean(), "std": std, "ci_low": lo, "ci_high": hi,
+                     "resolved": bool(n > 1 and (lo > 0 or hi < 0)), "confidence": confidence})
+    return pd.DataFrame(rows, columns=columns).set_index("mask")
+
+
+def format_paired(diffs: pd.DataFrame, scale: float = 100.0, digits: int = 2) -> pd.Series:
+    """'+0.40 [-0.30, +1.10] (n=3)' per mask (points by default); one seed: '+0.40 (n=1, no CI)'."""
+    def one(r) -> str:
+        if r["n"] < 2:
+            return f"{r['diff'] * scale:+.{digits}f} (n=1, no CI)"
+        return f"{r['diff'] * scale:+.{digits}f} [{r['ci_low'] * scale:+.{digits}f}, {r['ci_high'] * scale:+.{digits}f}] (n={r['n']})"
+    return pd.Series([one(r) for _, r in diffs.iterrows()], index=diffs.index, dtype=object)
+
+
+def comparison_table(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
+                     control: str = CONTROL, confidence: float = 0.95) -> pd.DataFrame:
+    """One row per mask: mean ± std (n) of ``metric`` in %, and the paired difference in points
+    with its interval to ``reference`` and to the untrained ``control`` ('—' where there is none)."""
+    label = METRIC_LABELS.get(metric, metric)
+    summary = summarize_by_mask(table, metrics=(metric,))
+    out = pd.DataFrame({f"{label} %": format_mean_std(summary, metric)})
+    pct = round(confidence * 100)
+    for ref in (reference, control):
+        diffs = paired_differences(table, metric, ref, confidence)
+        out[f"− {ref} (points) [{pct} % CI]"] = format_paired(diffs).reindex(out.index).fillna("—")
+    out.index.name = "mask"
+    return out
+
+
+def _points(x: float, digits: int) -> str:
+    return f"{x * 100:+.{digits}f}".replace("-", "−")
+
+
+def differences_in_words(diffs: pd.DataFrame, digits: int = 1) -> list[str]:
+    """One sentence per row of :func:`paired_differences`: the difference in points, its interval,
+    and whether it is resolved (the interval excludes 0) with how many seeds. The untrained control
+    is left out unless it is the reference (its difference is then said once, from the masks' side)."""
+    lines = []
+    for mask, r in diffs.iterrows():
+        if mask == CONTROL:
+            continue
+        head = f"{METRIC_LABELS.get(r['metric'], r['metric'])}: {mask} − {r['reference']} = {_points(r['diff'], digits)} points"
+        if r["n"] < 2:
+            lines.append(f"{head} from 1 seed: no interval (needs 2 or more seeds of both), not resolved")
+            continue
+        ci = f"{round(r['confidence'] * 100)} % CI [{_points(r['ci_low'], digits)}, {_points(r['ci_high'], digits)}]"
+        verdict = (f"resolved with {r['n']} seeds ({mask} {'above' if r['diff'] > 0 else 'below'} {r['reference']})"
+                   if r["resolved"] else f"not resolved with {r['n']} seeds")
+        lines.append(f"{head}, {ci}: {verdict}")
+    return lines
+
+
+class Band(tuple):
+    """One mask's loss band: unpacks as ``(epochs, mean, std)`` and carries ``n``, the number of seeds.
+
+    ``std`` is the sample standard deviation across seeds (ddof=1). With one seed it is undefined:
+    ``std`` is then zeros (never NaN) and ``n == 1`` says there is no band to draw.
+    """
+
+    def __new__(cls, epochs: np.ndarray, mean: np.ndarray, std: np.ndarray, n: int):
+        band = super().__new__(cls, (epochs, mean, std))
+        band.n = int(n)
+        return band
+
+    def __getnewargs__(self):
+        return (*self, self.n)
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self[0]
+
+
+def loss_bands(out: str | Path, table: pd.DataFrame, points: int = 100, window: int = 10) -> dict[str, Band]:
+    """Per mask: ``Band(epochs, mean loss, std loss, n)`` over its seeds (the paper's Fig. 4).
+
+    The x values are **epochs**: each record's ``"epoch"`` field (fractional, as logged), never its
+    ``"step"``. Each run's loss is smoothed by a trailing mean of ``window`` logged records, then
+    interpolated on ``points`` evenly spaced epochs from the earliest first epoch to the earliest
+    last epoch of the mask's runs (the range every run covers at its end). Mean and std (ddof=1) are
+    taken across seeds at each of those epochs; a mask with one seed gets std zeros and ``n == 1``
+    (``figures.plot_loss_curves`` then draws its line without a band and says so in the legend).
+    Records without a ``"loss"`` (evaluation-only records) are ignored, and so are rows that were
+    never pretrained (the untrained control, ``pretrain_epochs == 0``).
+    """
+    if "pretrain_epochs" in table:
+        table = table[table["pretrain_epochs"] > 0]
+    bands = {}
+    for mask in [m for m in MASK_ORDER if m in set(table["mask"])] + \
+            [m for m in dict.fromkeys(table["mask"]) if m not in MASK_ORDER]:
+        curves = []
+        for seed in table.loc[table["mask"] == mask, "seed"]:
+            run = Path(out) / "runs" / f"{mask}_seed{seed}"
+            recs = [r for r in read_metrics(run) if "loss" in r]
+            if not recs:
+                raise ValueError(f"{run}/metrics.jsonl has no loss records")
+            if any("epoch" not in r for r in recs):
+                raise ValueError(f"{run}/metrics.jsonl: loss records without an 'epoch' field (Fig. 4 is per epoch)")
+            epochs = np.array([r["epoch"] for r in recs], dtype=float)
+            loss = pd.Series([r["loss"] for r in recs], dtype=float).rolling(window, min_periods=1).mean().to_numpy()
+            curves.append((epochs, loss))
+        end = min(c[0][-1] for c in curves)
+        xs = np.linspace(min(c[0][0] for c in curves), end, points)
+        ys = np.stack([np.interp(xs, x, y) for x, y in curves])
+        n = len(curves)
+        std = ys.std(0, ddof=1) if n > 1 else np.zeros_like(xs)
+        bands[mask] = Band(xs, ys.mean(0), std, n)
+    return bands
+
+
+# ----------------------------------------------------------------------------- band sweep (notebook 06)
+
+BAND_COLUMNS = ["sigma1", "sigma2", "band_centre", "seed", "knn_top1", "linprobe_top1", "mean_cluster_size"]
+
+
+def default_green_band() -> tuple[float, float]:
+    """(sigma1, sigma2) of the default green mask (``colormae.masks.noise.DEFAULT_PARAMS``)."""
+    return float(DEFAULT_PARAMS["green"]["sigma1"]), float(DEFAULT_PARAMS["green"]["sigma2"])
+
+
+def _band_rows(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """BAND_COLUMNS (+ ``source``) from a sweep table, or from grid-style rows (mask_params strings)."""
+    t = table.copy()
+    if "sigma1" not in t or "sigma2" not in t:  # grid-style rows: sigmas in mask_params, empty = defaults
+        s1, s2 = default_green_band()
+        params = [parse_mask_params(p if isinstance(p, str) else "") for p in t.get("mask_params", [""] * len(t))]
+        t["sigma1"] = [p.get("sigma1", s1) for p in params]
+        t["sigma2"] = [p.get("sigma2", s2) for p in params]
+    if "band_centre" not in t:
+        t["band_centre"] = [band_centre(a, b) for a, b in zip(t["sigma1"], t["sigma2"])]
+    if "mean_cluster_size" not in t:
+        t["mean_cluster_size"] = np.nan
+    return t[BAND_COLUMNS].assign(source=source)
+
+
+def load_band_sweep(sweep_dir: str | Path, grid_dir: str | Path | None = None) -> tuple[pd.DataFrame, bool]:
+    """The sweep's rows plus the grid's green runs (the default band, several seeds), one row per
+    (band, seed) with BAND_COLUMNS and ``source`` ("sweep" or "grid"); a sweep row wins over a grid
+    row of the same band and seed. Returns ``(rows, sweep_found)``: without ``sweep_dir/table.csv``
+    the rows are the grid's green runs only (or none) and ``sweep_found`` is False."""
+    parts = []
+    sweep_path = Path(sweep_dir) / "table.csv"
+    if sweep_path.exists():
+        parts.append(_band_rows(pd.read_csv(sweep_path), "sweep"))
+    if grid_dir is not None:
+        grid = load_grid_table(grid_dir, missing_ok=True)
+        green = grid[grid["mask"] == "green"]
+        if len(green):
+            parts.append(_band_rows(green, "grid"))
+    if not parts:
+        return pd.DataFrame(columns=[*BAND_COLUMNS, "source"]), sweep_path.exists()
+    rows = pd.concat(parts, ignore_index=True)
+    rows = rows.drop_duplicates(["sigma1", "sigma2", "seed"], keep="first")  # the sweep's own row first
+    return rows.sort_values(["band_centre", "seed"], ascending=[False, True]).reset_index(drop=True), sweep_path.exists()
+
+
+def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), seeds=None) -> pd.DataFrame:
+    """Plot data: one row per band (fine to coarse, i.e. falling band centre) with sigma1, sigma2,
+    band_centre, n (seeds) and mean / std (ddof=1; NaN for one seed) of each metric; ``seeds``:
+    only these seeds' runs (e.g. :func:`band_common_seeds`, for a comparison of bands at equal seeds)."""
+    if seeds is not None:
+        rows = rows[rows["seed"].isin(list(seeds))]
+    g = rows.groupby(["sigma1", "sigma2"])
+    out = g["band_centre"].first().to_frame()
+    out["n"] = g[metrics[0]].count()
+    for m in metrics:
+        out[f"{m}_mean"], out[f"{m}_std"] = g[m].mean(), g[m].std(ddof=1)
+    return out.reset_index().sort_values("band_centre", ascending=False).reset_index(drop=True)
+
+
+def band_common_seeds(rows: pd.DataFrame) -> list[int]:
+    """The seeds every band of ``rows`` (:func:`load_band_sweep`) was run with (the sweep's: 0)."""
+    per_band = [set(g["seed"]) for _, g in rows.groupby(["sigma1", "sigma2"])]
+    return sorted(set.intersection(*per_band)) if per_band else []
+
+
+def band_mask_statistics(bands: list[tuple[float, float]], grid: int = 16, mask_ratio: float = 0.75, batch: int = 256,
+                         seed: int = 0) -> tuple[pd.DataFrame, dict]:
+    """Mask statistics of each green band ``(sigma1, sigma2)`` in ``bands``: ``batch`` online masks
+    on a ``grid`` x ``grid`` grid (as pretraining draws them), :func:`colormae.masks.stats.mask_statistics`.
+    Returns the table (sigma1, sigma2, band_centre, cluster_size = mean visible-cluster size,
+    clustering_vs_random, num_clusters; fine to coarse) and one example [L] mask per band."""
+    import torch
+
+    rows, examples = [], {}
+    for s1, s2 in bands:
+        masker = make_masker("green", grid, mask_ratio, source="online", sigma1=s1, sigma2=s2)
+        mask, _, _ = masker(batch, generator=torch.Generator().manual_seed(seed))
+        st = mask_statistics(mask, grid)
+        rows.append({"sigma1": s1, "sigma2": s2, "band_centre": band_centre(s1, s2), "cluster_size": st["cluster_size"],
+                     "clustering_vs_random": st["clustering_vs_random"], "num_clusters": st["num_clusters"]})
+        examples[(s1, s2)] = mask[0]
+    table = pd.DataFrame(rows).sort_values("band_centre", ascending=False).reset_index(drop=True)
+    return table, examples
+
+
+def pooled_paired_std(table: pd.DataFrame, metric: str, reference: str = "random") -> tuple[float, int]:
+    """Std of the difference between two masks' runs of one seed, pooled over the grid's pretrained
+    masks' per-seed differences to ``reference`` (:func:`paired_differences`):
+    sqrt(sum (n_i - 1) s_i^2 / sum (n_i - 1)) and its degrees of freedom sum (n_i - 1); (NaN, 0) if
+    no mask has 2+ seeds in common with ``reference``. Seed effects shared by all masks (init, data
+    order) cancel in these differences, unlike in the seed-to-seed spread of single runs."""
+    d = paired_differences(table, metric, reference)
+    d = d[(d.index != CONTROL) & (d["n"] > 1)]
+    dof = int((d["n"] - 1).sum())
+    if dof == 0:
+        return float("nan"), 0
+    return float(np.sqrt(((d["n"] - 1) * d["std"].astype(float) ** 2).sum() / dof)), dof
+
+
+def band_sweep_in_words(rows: pd.DataFrame, grid_table: pd.DataFrame, metric: str = "knn_top1",
+                        confidence: float = 0.95, digits: int = 1) -> list[str]:
+    """Which band scores best on ``metric`` at the seeds every band has, and each band's paired
+    difference to the default green band with an interval.
+
+    ``rows``: one row per (band, seed) (:func:`load_band_sweep`). Runs of one seed share init, data
+    order and augmentation, and the seed effect is large next to the bands' differences (on the
+    16x16 grid, seeds 3-4 of random and green score ~1.5 kNN points below seeds 0-2), so bands are
+    compared at the seeds both have: diff = mean over common seeds of (band - default), interval
+    diff ± t s / sqrt(n_common), with s the paired-difference std pooled over the grid's masks vs
+    random (:func:`pooled_paired_std`; assumes the bands share the masks' residual noise)."""
+    label = METRIC_LABELS.get(metric, metric)
+    if metric not in rows:
+        raise ValueError(f"metric={metric!r} is not a column of the rows; columns: {', '.join(rows.columns)}")
+    rows = rows[rows[metric].notna()]
+    if rows.empty:
+        return [f"{label}: no band has results yet"]
+    bands = {key: g.set_index("seed")[metric].astype(float) for key, g in rows.groupby(["sigma1", "sigma2"])}
+    centre = dict(zip(zip(rows["sigma1"], rows["sigma2"]), rows["band_centre"]))
+    if len(bands) == 1:
+        (s1, s2), only = next(iter(bands.items()))
+        return [f"{label}: only one band has results (σ1 = {s1:g}, centre {centre[(s1, s2)]:.3f} cycles/patch: "
+                f"{only.mean() * 100:.{digits}f} %, n={len(only)}): nothing to compare yet"]
+    common = band_common_seeds(rows)
+    lines = []
+    if common:
+        at = {key: v.loc[common].mean() for key, v in bands.items()}
+        (b1, b2), best = max(at.items(), key=lambda kv: kv[1])
+        lines.append(f"{label} at seed{'s' if len(common) > 1 else ''} {', '.join(map(str, common))} (every band has "
+                     f"it): highest at band centre {centre[(b1, b2)]:.3f} cycles/patch (σ1 = {b1:g}, σ2 = {b2:g}): "
+                     f"{best * 100:.{digits}f} % (the highest of {len(bands)} bands)")
+    else:
+        lines.append(f"{label}: no seed is common to every band: no ranking of the bands")
+    s1, s2 = default_green_band()
+    if (s1, s2) not in bands:
+        return lines + [f"{label}: the default green band (σ1 = {s1:g}) has no result: no differences to it"]
+    default = bands[(s1, s2)]
+    sd, dof = pooled_paired_std(grid_table, metric)
+    pct = round(confidence * 100)
+    for (b1, b2), v in sorted(bands.items(), key=lambda kv: -centre[kv[0]]):
+        if (b1, b2) == (s1, s2):
+            continue
+        seeds = sorted(set(v.index) & set(default.index))
+        head = f"{label}: σ1 = {b1:g} (centre {centre[(b1, b2)]:.3f}) − default green (σ1 = {s1:g})"
+        if not seeds:
+            lines.append(f"{head}: no common seed, not compared")
+            continue
+        diff = float((v.loc[seeds] - default.loc[seeds]).mean())
+        head += f" = {_points(diff, digits)} points (paired at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        if dof == 0:
+            lines.append(f"{head}: no interval (no grid mask has 2 seeds in common with random yet), not resolved")
+            continue
+        half = stats.t.ppf((1 + confidence) / 2, dof) * sd / np.sqrt(len(seeds))
+        resolved = abs(diff) > half
+        lines.append(f"{head}, {pct} % CI [{_points(diff - half, digits)}, {_points(diff + half, digits)}] "
+                     f"(paired-difference std pooled over the grid, {dof} dof): "
+                     + (f"resolved ({'above' if diff > 0 else 'below'} the default)" if resolved else "not resolved"))
+    return lines

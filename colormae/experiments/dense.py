@@ -1,0 +1,209 @@
+"""The dense transfer experiments: the CIFAR-10 grid's encoders (and the untrained control) fine-tuned
+on Penn-Fudan, for semantic segmentation (UperNet) and for detection (ViTDet Mask R-CNN).
+
+    colormae experiments pennfudan-segment      # -> results/dense_pennfudan/segmentation.csv
+    colormae experiments pennfudan-detect       # -> results/dense_pennfudan/detection.csv
+
+One run directory per (mask, pretraining seed, fine-tuning seed); finished runs are read back,
+interrupted ones resumed.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from ..engines import detect, segment
+from ..files import project_path, read_json, repo_relative, save_torch, write_csv
+from ..models.mae import CONTROL, export_encoder, untrained_encoder
+from ..run.artifacts import grid_model
+from ..run.rundir import ENCODER
+
+log = logging.getLogger(__name__)
+
+
+# -- segmentation ------------------------------------------------------------------------------------
+SEGMENTATION_COLUMNS = ["mask", "pretrain_seed", "seed", "miou", "iou_person", "iou_background", "wall_s"]
+
+
+def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str | Path) -> Path:
+    """The encoder of ``mask`` / ``pretrain_seed`` in a CIFAR-10 grid: its run directory, or for
+    the control the untrained export of the grid's preset, written once to ``out/encoders/``."""
+    grid = project_path(grid_dir)
+    if mask == CONTROL:
+        path = project_path(out) / "encoders" / f"{CONTROL}_seed{pretrain_seed}.pth"
+        if not path.exists():
+            own = grid / "runs" / f"{CONTROL}_seed{pretrain_seed}" / "config.json"
+            pre = read_json(own) if own.exists() else read_json(grid / "grid.json")["pretrain"]
+            save_torch(untrained_encoder(pre["preset"], pretrain_seed, norm_pix_loss=True), path)
+        return path
+    run_dir = grid / "runs" / f"{mask}_seed{pretrain_seed}"
+    if not (run_dir / ENCODER).is_file():
+        raise FileNotFoundError(
+            f"no pretrained encoder {run_dir / ENCODER}: run the grid first, or rebuild the weights of its "
+            f"evaluated runs (git-ignored): colormae experiments cifar10-grid16 --masks {mask} "
+            f"--seeds {pretrain_seed} --rebuild-weights")
+    return run_dir
+
+
+def run_segmentation_experiment(grid_dir: str = "results/cifar10_grid16", masks=("random", "green"),
+                             pretrain_seeds=(0, 1), seeds=(0, 1), out: str = "results/dense_pennfudan",
+                             **overrides) -> Path:
+    """Each encoder of the grid (``masks`` x ``pretrain_seeds``, plus the untrained control) fine-tuned
+    with the ``cpu`` recipe for every seed in ``seeds``; one run directory each under ``out/runs/``
+    (finished ones are skipped, interrupted ones resumed); writes and returns ``out/segmentation.csv``."""
+    masks = [CONTROL] + [m for m in masks if m != CONTROL]
+    encoders = {(m, ps): segmentation_encoder(grid_dir, m, ps, out) for m in masks for ps in pretrain_seeds}  # all, first
+    rows = []
+    for (mask, ps), encoder in encoders.items():
+        for seed in seeds:
+            run_dir = project_path(out) / "runs" / f"{mask}_pseed{ps}_seed{seed}"
+            cfg = segment.SegmentConfig(**{"recipe": "cpu", **overrides, "encoder": repo_relative(encoder), "seed": seed,
+                                   "output_dir": repo_relative(run_dir), "resume": "auto"})
+            s = segment.run(cfg)
+            if not s["finished"]:
+                raise RuntimeError(f"{run_dir} stopped at step {s['steps']}: run the experiment again to resume")
+            rows.append({"mask": mask, "pretrain_seed": ps, "seed": seed, "miou": s["miou"],
+                         "iou_person": s["iou"]["person"], "iou_background": s["iou"]["background"],
+                         "wall_s": round(s["wall_time_s"], 1)})
+    path = write_csv(rows, SEGMENTATION_COLUMNS, project_path(out) / "segmentation.csv")
+    log.info("wrote %s (%d runs)", path, len(rows))
+    return path
+
+
+def grid_seed0_encoder(grid_dir: str | Path, mask: str, out: str | Path) -> Path | None:
+    """The grid's seed-0 encoder of ``mask`` (committed compact weights, else its run directory; see
+    ``colormae.run.artifacts.grid_model``) exported once to ``out/encoders/<mask>.pth``; None if absent."""
+    path = project_path(out) / "encoders" / f"{mask}.pth"
+    if not path.exists():
+        try:
+            model, source = grid_model(grid_dir, mask)
+        except FileNotFoundError as e:
+            log.warning("%s", e)
+            return None
+        save_torch({**export_encoder(model), "source": source}, path)
+    return path
+
+
+def summarize_segmentation(path: str | Path) -> pd.DataFrame:
+    """segmentation.csv per mask: mean and standard deviation (in mIoU points) over every
+    (pretraining seed, fine-tuning seed) run, and their number."""
+    table = pd.read_csv(project_path(path))
+    order = {m: i for i, m in enumerate([CONTROL, "random", "blue", "green", "purple", "red"])}
+    metrics = ["miou", "iou_person", "iou_background"]
+    out = table.groupby("mask")[metrics].agg(["mean", "std"]) * 100
+    out["runs"] = table.groupby("mask").size()
+    return out.sort_index(key=lambda idx: idx.map(lambda m: order.get(m, 99))).round(2)
+
+
+def notebook_encoders(encoder: str | None, grid_dir: str | Path, masks, out: str | Path, fallback: str,
+                      default: str = "results/pretrain/embedded_green") -> dict[str, str]:
+    """Notebook 04's encoders by label: ``encoder`` alone when given; else the grid's seed-0
+    encoders of ``masks`` that exist (``grid_seed0_encoder``); else notebook 01's run ``fallback``
+    (pretrained there first when it is ``default`` and holds no weights)."""
+    from ..engines.launch import pretrained_encoder
+    if encoder is not None:
+        return {"encoder": str(project_path(encoder))}
+    found = {m: str(p) for m in masks if (p := grid_seed0_encoder(grid_dir, m, out)) is not None}
+    return found or {"notebook 01": pretrained_encoder(fallback, default=default)}
+
+
+def segmentation_runs(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per segmentation run (label -> summary): mIoU and per-class IoU in points, iterations,
+    image counts, wall time."""
+    rows = {label: {"mIoU %": 100 * s["miou"], **{f"IoU {k} %": 100 * v for k, v in s["iou"].items()},
+                    "iterations": s["steps"], "train images": s["num_train"], "test images": s["num_test"],
+                    "wall s": s["wall_time_s"]} for label, s in summaries.items()}
+    return pd.DataFrame(rows).T.round(2).astype({"iterations": int, "train images": int, "test images": int})
+
+
+def paired_differences(path: str | Path, metric: str = "miou", a: str = "green", b: str = "random") -> pd.Series | None:
+    """``a`` - ``b`` of ``metric`` (x 100: points) in an experiment table (segmentation.csv,
+    detection.csv), paired by (pretraining seed, fine-tuning seed); None when either is absent."""
+    pairs = pd.read_csv(project_path(path)).pivot_table(index=["pretrain_seed", "seed"], columns="mask", values=metric)
+    if not {a, b} <= set(pairs.columns):
+        return None
+    return 100 * (pairs[a] - pairs[b])
+
+
+def describe_paired(d: pd.Series | None, what: str = "mIoU points", a: str = "green", b: str = "random") -> str:
+    """One line: the mean ± std of ``paired_differences`` and each pair's value ("" for None)."""
+    if d is None:
+        return ""
+    return (f"{a} - {b}, paired by (pretraining seed, fine-tuning seed): {d.mean():+.2f} ± {d.std():.2f} "
+            f"{what} over {len(d)} pairs: {', '.join(f'{x:+.2f}' for x in d)}")
+
+
+# -- detection ---------------------------------------------------------------------------------------
+DETECTION_COLUMNS = ["mask", "pretrain_seed", "seed", "ap_box", "ap50_box", "ap_mask", "ap50_mask", "wall_s"]
+
+
+# Penn-Fudan on 2 CPU cores: the grid's 32-px patch-2 encoders read 256-px images through a patch
+# embedding resampled to 16 px (a 16 x 16 grid, the pretraining grid, so the position embedding is
+# unchanged; pyramid strides 4..64 as ViTDet's), narrow heads, 2 images per step. Measured with
+# OMP_NUM_THREADS=1 beside other jobs: 1.3-1.8 s per step, ~0.8 s per test image, so 3 epochs (180 steps)
+# and evaluation take ~5.3 min per run and the 12 runs (random, green, none x 2 x 2 seeds) ~65 min.
+# lr 4e-4 (4x ViTDet's per-image rate): on random_seed0, box AP 0.057 / mask AP 0.012 after 180 steps,
+# against 0.038 / 0.004 with lr 1e-4.
+DETECTION_CPU_DEFAULTS = dict(data="pennfudan", img_size=256, patch_size=16, fpn_channels=64, roi_batch=64, test_proposals=300,
+                    batch_size=2, epochs=3, blr=5.12e-2, warmup_steps=20, checkpoint_minutes=10.0)
+
+
+def detection_control_encoder(preset: str, seed: int, out: Path) -> Path:
+    """The untrained control's encoder (the MAE init a pretraining run with ``seed`` starts from), saved."""
+    path = out / "encoders" / f"none_seed{seed}_{preset}.pth"
+    if not path.exists():
+        save_torch(untrained_encoder(preset, seed, norm_pix_loss=True), path)
+    return path
+
+
+def run_detection_experiment(grid_dir: str = "results/cifar10_grid16", masks: tuple[str, ...] = ("random", "green"),
+                             pretrain_seeds: tuple[int, ...] = (0, 1), seeds: tuple[int, ...] = (0, 1),
+                             out: str = "results/dense_pennfudan", **overrides) -> Path:
+    """Detection fine-tuning of the grid's encoders (``<grid_dir>/runs/<mask>_seed<s>/``) and of the
+    untrained control ("none") on Penn-Fudan, ``seeds`` each; resumable (finished runs are read
+    back). Writes and returns ``<out>/detection.csv``; encoders not pretrained yet are an error."""
+    grid, out_dir = project_path(grid_dir), project_path(out)
+    rows, preset = [], None
+    for label in (*masks, CONTROL):
+        for ps in pretrain_seeds:
+            if label == CONTROL:
+                preset = preset or read_json(next((grid / "runs").glob("*_seed*/config.json")))["preset"]
+                encoder = detection_control_encoder(preset, ps, out_dir)
+            else:
+                encoder = grid / "runs" / f"{label}_seed{ps}"
+                if not (encoder / ENCODER).is_file():
+                    raise FileNotFoundError(f"{encoder / ENCODER} not found: pretrain the grid first "
+                                            f"(colormae experiments cifar10-grid16)")
+                preset = preset or read_json(encoder / "config.json")["preset"]
+            for seed in seeds:
+                cfg = detect.DetectConfig(**{**DETECTION_CPU_DEFAULTS, **overrides, "encoder": str(encoder), "seed": seed,
+                                      "resume": "auto", "output_dir": str(out_dir / "runs" / f"{label}_p{ps}_s{seed}")})
+                summary = detect.run(cfg)
+                rows.append({"mask": label, "pretrain_seed": ps, "seed": seed,
+                             **{k: summary.get(k) for k in DETECTION_COLUMNS[3:7]},
+                             "wall_s": summary["wall_time_s"]})  # training and evaluation
+    path = out_dir / "detection.csv"
+    write_csv(rows, DETECTION_COLUMNS, path)
+    log.info("detection table: %s", path)
+    return path
+
+
+DETECTION_METRICS = DETECTION_COLUMNS[3:7]
+
+
+def detection_runs(summaries: dict[str, dict]) -> pd.DataFrame:
+    """One row per detection run (label -> summary): box and mask AP, steps, image counts, wall time."""
+    keys = (*DETECTION_METRICS, "steps", "num_train", "num_test", "wall_time_s")
+    return pd.DataFrame({label: {k: s.get(k) for k in keys} for label, s in summaries.items()}).T.round(4)
+
+
+def summarize_detection(path: str | Path) -> pd.DataFrame:
+    """detection.csv per mask (in table order): the number of runs, mean and standard deviation of
+    box / mask AP over every (pretraining seed, fine-tuning seed) run."""
+    table = pd.read_csv(project_path(path))
+    agg = table.groupby("mask", sort=False)[DETECTION_METRICS].agg(["mean", "std"])
+    agg.columns = [f"{m} {s}" for m, s in agg.columns]
+    agg.insert(0, "runs", table.groupby("mask", sort=False).size())
+    return agg.round(4)

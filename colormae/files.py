@@ -1,0 +1,125 @@
+"""Files that never tear: atomic writes, JSON / CSV / torch files, directory locks, repository paths.
+
+The lowest layer of the package: it imports nothing from colormae."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+# the repository root (relative paths in configs and notebook parameters are taken from here)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class DiskFullError(OSError):
+    pass
+
+
+@contextlib.contextmanager
+def locked_dir(path: str | os.PathLike):
+    """Hold an exclusive advisory lock on directory ``path`` (created if missing): processes that
+    read-modify-write a shared file in it (a grid's grid.json) take turns. POSIX ``flock`` on the
+    directory itself, so no lock file is left behind; where ``fcntl`` is missing (Windows) it does
+    not lock."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:
+        yield path
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """``write(tmp)`` into a temp file beside ``path``, then rename: readers and crashes never see
+    half a file. Temp files are named ``.<name>.*.tmp`` (``RunDir.clean_temp_files`` removes
+    those left by a killed process)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; checkpoints get normal permissions
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write {path} "
+                                f"({shutil.disk_usage(path.parent).free} bytes free)") from e
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_torch(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_csv(rows: list[dict], columns: list[str], path: str | os.PathLike) -> Path:
+    """A table (one dict per row, in ``columns`` order), written atomically."""
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+    return atomic_write(path, write)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def repo_relative(path: str | os.PathLike | None) -> str | None:
+    """A path as stored in committed results: relative to the repository when inside it (relative
+    inputs are taken from the repository root, as ``project_path`` does)."""
+    if path is None:
+        return None
+    p = project_path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(p)
+
+
+def load_checkpoint(path: str | os.PathLike, required: tuple[str, ...] = ("model",)) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle garbage, ...
+        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in required):
+        raise ValueError(f"checkpoint {path} is not a ColorMAE checkpoint: needs keys {list(required)}")
+    return ckpt
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """Relative paths are taken from the repository root, so a notebook writes to the same place
+    whether papermill runs it from the root (``papermill notebooks/01_pretrain.ipynb out.ipynb``) or
+    JupyterLab runs it from ``notebooks/``. Absolute paths are kept."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else ROOT / path

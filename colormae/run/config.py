@@ -1,0 +1,188 @@
+"""Engine configurations: one dataclass per engine, argparse generated from its fields.
+
+A knob is declared once, as a dataclass field made by ``knob`` (default, help, choices, argparse
+group, and whether it changes the experiment); the CLI, the notebooks (through
+``colormae.engines.launch``) and the run directory's resume check all read that one declaration.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from ..data.memory import PIPELINES
+
+# argparse groups in the order --help shows them (timm's train.py groups its flags the same way)
+GROUPS = ("model", "masking", "data", "optimization", "evaluation", "run")
+
+
+def knob(default: Any, help: str, *, choices: Sequence | None = None, group: str = "run",
+         experiment: bool = True, path: bool = False) -> Any:
+    """A config field. ``experiment=False`` marks knobs that do not change what is computed
+    (workers, logging, device, paths): a run may be resumed with other values of those.
+    ``path=True``: a file or folder, recorded relative to the repository (``rundir.config_record``)."""
+    if group not in GROUPS:
+        raise ValueError(f"group={group!r}; allowed values: {', '.join(GROUPS)}")
+    return dataclasses.field(default=default, metadata={
+        "help": help, "choices": tuple(choices) if choices is not None else None, "group": group,
+        "experiment": experiment, "path": path})
+
+
+AMP_MODES = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass
+class EngineConfig:
+    """The fields every engine has (run bookkeeping, seed, precision, data access)."""
+    dataset: str = knob("embedded", "embedded, cifar10 or imagefolder", group="data",
+                        choices=("embedded", "cifar10", "imagefolder"))
+    data_root: str | None = knob(None, "dataset folder or tar location (default: ../shared/data or $COLORMAE_DATA)",
+                                 group="data", experiment=False, path=True)
+    pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
+                         "batches on the device, 'files' decodes every image in DataLoader workers, "
+                         "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
+                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES,
+                         group="data")
+    num_workers: int = knob(0, "DataLoader worker processes (files pipeline)", group="data", experiment=False)
+    skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
+                              experiment=False)
+    max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
+                                       "dataset was skipped", group="data", experiment=False)
+    amp: str = knob("auto", "mixed precision; 'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, "
+                    "AMX), fp32 on other CPUs, where emulated bf16 is several times slower", choices=AMP_MODES,
+                    group="optimization")
+    seed: int = knob(0, "seeds model init, data order, augmentation and masks", group="run")
+    output_dir: str = knob("results/default", "the run directory (relative paths: from the repository root)",
+                           experiment=False, path=True)
+    resume: str | None = knob(None, "continue a run: 'auto' (<output-dir>/checkpoint-last.pth if present) or a "
+                              "checkpoint path; the saved config must match", experiment=False, path=True)
+    overwrite: bool = knob(False, "delete the run already in --output-dir and start afresh", experiment=False)
+    device: str = knob("auto", "auto, cpu, cuda or cuda:N", experiment=False)
+    max_steps: int | None = knob(None, "stop after this many optimizer steps (the run stays resumable)",
+                                 experiment=False)
+    log_every: int = knob(10, "optimizer steps between metric records", experiment=False)
+    save_every: int = knob(0, "epochs between numbered snapshots checkpoint-NNNN.pth (0: none); "
+                           "checkpoint-last.pth is written every epoch regardless", experiment=False)
+    checkpoint_minutes: float = knob(30.0, "also write checkpoint-last.pth every this many minutes within "
+                                     "an epoch (0: only at epoch ends)", experiment=False)
+
+
+def _field_type(cls: type, name: str) -> tuple[type, bool]:
+    """(the field's value type, whether None is allowed) from its annotation."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        return non_none[0], len(non_none) < len(args)
+    return hint, False
+
+
+def path_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("path", False)]
+
+
+def experiment_fields(cls: type) -> list[str]:
+    """Names of the fields that change the experiment (see ``knob``)."""
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("experiment", True)]
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser(cls: type, description: str | None = None, prog: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of ``cls`` (``mask_ratio`` -> ``--mask-ratio``),
+    grouped, defaults and choices shown in ``--help``; booleans get ``--x / --no-x``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, formatter_class=_Formatter)
+    groups = {g: parser.add_argument_group(g) for g in GROUPS}
+    for f in sorted(dataclasses.fields(cls), key=lambda f: GROUPS.index(f.metadata.get("group", "run"))):
+        kind, _ = _field_type(cls, f.name)
+        meta = f.metadata
+        flag = "--" + f.name.replace("_", "-")
+        kw: dict[str, Any] = {"default": f.default, "help": meta.get("help", " "), "dest": f.name}
+        if kind is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            kw["type"] = kind
+            if meta.get("choices"):
+                kw["choices"] = meta["choices"]
+        groups[meta.get("group", "run")].add_argument(flag, **kw)
+    return parser
+
+
+def config_from_args(cls: type, argv: Sequence[str] | None = None, description: str | None = None,
+                     prog: str | None = None):
+    return cls(**vars(build_parser(cls, description, prog).parse_args(argv)))
+
+
+def config_from_params(cls: type, params: Mapping[str, Any]):
+    """A config from a dict (notebook parameters); unknown keys are an error naming them."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} parameter(s) {unknown}; allowed: {', '.join(sorted(names))}")
+    return cls(**params)
+
+
+def pick_params(cls: type, namespace: Mapping[str, Any]) -> dict:
+    """The entries of ``namespace`` (a notebook's ``globals()``) named like fields of ``cls``: a
+    notebook passes its parameters cell through without listing the knobs a second time."""
+    return {f.name: namespace[f.name] for f in dataclasses.fields(cls) if f.name in namespace}
+
+
+def to_argv(cls: type, params: Mapping[str, Any]) -> list[str]:
+    """The command line equivalent to ``params`` (fields at their default are left out)."""
+    cfg = config_from_params(cls, params)
+    argv: list[str] = []
+    for f in dataclasses.fields(cls):
+        value = getattr(cfg, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value is None:
+            raise ValueError(f"{f.name}=None cannot be passed on a command line (its default is {f.default!r})")
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def differences(old: Mapping[str, Any], new: Mapping[str, Any], names: Sequence[str]) -> list[tuple[str, Any, Any]]:
+    """(name, old, new) for each of ``names`` whose value differs (a missing old key counts as
+    equal to the new default: configs written before a knob existed stay resumable)."""
+    return [(n, old[n], new[n]) for n in names if n in old and n in new and old[n] != new[n]]
+
+
+def check_positive(cfg, *names: str, allow_zero: Sequence[str] = ()) -> None:
+    """ValueError naming the first field in ``names`` that is not > 0 (>= 0 for ``allow_zero``)."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        if value < 0 or (value == 0 and name not in allow_zero):
+            bound = ">= 0" if name in allow_zero else ">= 1" if isinstance(value, int) else "> 0"
+            raise ValueError(f"{name}={value} must be {bound}")
+
+
+def check_choice(name: str, value: Any, allowed: Sequence) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(str, allowed))}")
+
+
+def check_common(cfg: EngineConfig) -> None:
+    """Validation of the shared fields (before any data, model or file is touched)."""
+    check_choice("amp", cfg.amp, AMP_MODES)
+    check_choice("pipeline", cfg.pipeline, PIPELINES)
+    check_choice("dataset", cfg.dataset, ("embedded", "cifar10", "imagefolder"))
+    check_positive(cfg, "log_every", "max_steps")
+    check_positive(cfg, "save_every", "checkpoint_minutes", "num_workers", allow_zero=("save_every",
+                   "checkpoint_minutes", "num_workers"))
+    if not 0 <= cfg.max_corrupt_fraction <= 1:
+        raise ValueError(f"max_corrupt_fraction={cfg.max_corrupt_fraction} must be in [0, 1]")
+    if cfg.resume is not None and cfg.overwrite:
+        raise ValueError("resume and overwrite contradict each other: --resume continues the run in "
+                         "--output-dir, --overwrite deletes it")

@@ -1,0 +1,295 @@
+"""A run directory is one experiment. This module owns its files and the rules that keep it so.
+
+    config.json        the run's configuration (written at start)
+    metrics.jsonl      one JSON record per logged step (+ tensorboard/)
+    checkpoint-last.pth  everything an exact resume needs; written atomically
+    checkpoint-NNNN.pth  optional numbered snapshots
+    encoder.pth        pretraining: the encoder as stock-timm weights, when the run finished
+    summary.json       config, environment, timings and results (finished or not)
+    run.lock           the pid and host of the one process writing here
+
+Rules (``open_run``): a fresh run never replaces an existing one (``overwrite`` must say so); a
+resumed run must have the same experiment config (only non-experiment knobs and a larger epoch
+count may differ); a finished run is reported, not re-run; one writer at a time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..files import atomic_write, project_path, read_json, repo_relative, save_torch, write_json
+from .config import differences, experiment_fields, path_fields
+
+log = logging.getLogger(__name__)
+
+CONFIG, SUMMARY, METRICS, LAST, ENCODER, LOCK, TENSORBOARD = (
+    "config.json", "summary.json", "metrics.jsonl", "checkpoint-last.pth", "encoder.pth", "run.lock", "tensorboard")
+RUN_FILES = (CONFIG, SUMMARY, METRICS, LAST, ENCODER)
+# epochs may grow on resume (extending a schedule); every other experiment field must match
+GROWABLE = ("epochs",)
+
+
+
+
+# -- atomic files ------------------------------------------------------------------------------
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl file (or of ``<run dir>/metrics.jsonl``); a torn last line
+    (a process killed mid-write) is ignored."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS
+    records = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+    return records
+
+
+class MetricLog:
+    """Per-step metrics as JSONL (+ TensorBoard). On resume, records past the resumed step are cut
+    (they belong to steps that will be recomputed) and a torn last line is truncated."""
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = Path(run_dir) / METRICS
+        self.writer = None
+        if not enabled:
+            return
+        if self.path.exists():
+            text = self.path.read_text()
+            records = read_metrics(self.path)
+            if text and not text.endswith("\n"):
+                log.warning("%s: the last line was torn (a killed write); truncating it", self.path)
+            kept = [r for r in records if resume_step is not None and r["step"] <= resume_step]
+            atomic_write(self.path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(Path(run_dir) / TENSORBOARD))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for k, v in record.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+# -- the run directory ---------------------------------------------------------------------------
+
+class RunInUseError(RuntimeError):
+    pass
+
+
+class RunDir:
+    """File names, lock, and load/save of one run directory."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = project_path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / LAST
+
+    def holds_run(self) -> list[str]:
+        """The run files present (empty: nothing to protect)."""
+        return [n for n in RUN_FILES if (self.path / n).exists()]
+
+    def read_config(self) -> dict | None:
+        p = self.path / CONFIG
+        return read_json(p) if p.exists() else None
+
+    def read_summary(self) -> dict | None:
+        p = self.path / SUMMARY
+        return read_json(p) if p.exists() else None
+
+    def write_config(self, cfg) -> Path:
+        return write_json(config_record(cfg), self.path / CONFIG)
+
+    def write_summary(self, summary: dict) -> Path:
+        return write_json(summary, self.path / SUMMARY)
+
+    def save(self, state: dict, name: str = LAST) -> Path:
+        return save_torch(state, self.path / name)
+
+    def clean_temp_files(self) -> None:
+        for tmp in self.path.glob(".*.tmp"):
+            log.warning("removing %s, left by a killed write", tmp)
+            tmp.unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        """Delete the run's files (``overwrite``)."""
+        for name in RUN_FILES:
+            (self.path / name).unlink(missing_ok=True)
+        for snap in self.path.glob("checkpoint-*.pth"):
+            snap.unlink()
+        shutil.rmtree(self.path / TENSORBOARD, ignore_errors=True)
+
+    # one writer at a time ----------------------------------------------------------------------
+    def acquire_lock(self) -> None:
+        """Create ``run.lock`` (pid, host) exclusively; take over a stale one left by a dead process
+        on this host; RunInUseError if a live process (or one on another host) holds it."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                try:
+                    owner = json.loads(lock.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    owner = {}
+                if owner.get("host") == me["host"] and not _alive(owner.get("pid")):
+                    log.warning("taking over the stale lock %s of process %s (no longer running)", lock,
+                                owner.get("pid"))
+                    lock.unlink(missing_ok=True)
+                    continue
+                raise RunInUseError(
+                    f"run directory {self.path} is in use by process {owner.get('pid')} on host "
+                    f"{owner.get('host')} since {owner.get('since')} ({lock}). Wait for it, or choose another "
+                    f"--output-dir; if that process is dead on another host, delete the lock file.") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return
+        raise RunInUseError(f"could not take the lock {lock}")
+
+    def release_lock(self) -> None:
+        lock = self.path / LOCK
+        try:
+            if json.loads(lock.read_text()).get("pid") == os.getpid():
+                lock.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def config_record(cfg) -> dict:
+    """The config as stored (config.json, checkpoints, summaries): path fields relative to the
+    repository, so committed results hold no machine paths and compare across checkouts."""
+    record = asdict(cfg)
+    for name in path_fields(type(cfg)):
+        if record[name] is not None and record[name] != "auto":
+            record[name] = repo_relative(record[name])
+    return record
+
+
+def check_same_experiment(saved: dict, cfg, where: str | os.PathLike) -> None:
+    """ValueError listing every experiment field of ``cfg`` that differs from the ``saved`` config
+    (epochs may grow), with how to proceed."""
+    names = experiment_fields(type(cfg))
+    new = config_record(cfg)
+    saved = {**saved, **{n: repo_relative(saved[n]) for n in path_fields(type(cfg)) if saved.get(n) is not None}}
+    diffs = [(n, a, b) for n, a, b in differences(saved, new, names)
+             if not (n in GROWABLE and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a)]
+    if diffs:
+        listed = "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in diffs)
+        raise ValueError(f"{where} was run with another experiment config ({listed}). A run directory holds one "
+                         "experiment: choose a new --output-dir, or pass --overwrite (without --resume) to "
+                         "replace it.")
+
+
+def resolve_resume(cfg, run_dir: RunDir) -> Path | None:
+    """The checkpoint to resume from (None: fresh start), after the rules in the module docstring."""
+    present = run_dir.holds_run()
+    if cfg.resume is None:
+        if present and not cfg.overwrite:
+            raise FileExistsError(
+                f"{run_dir.path} already holds a run ({', '.join(present)}). Pass --resume auto to continue "
+                "it, --overwrite to replace it, or choose another --output-dir.")
+        return None
+    if cfg.resume == "auto":
+        path = run_dir.last_checkpoint if run_dir.last_checkpoint.exists() else None
+    else:
+        path = project_path(cfg.resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} (from resume={cfg.resume!r})")
+    saved = run_dir.read_config()
+    if saved is not None:
+        check_same_experiment(saved, cfg, run_dir.path)
+    return path
+
+
+def finished_summary(cfg, run_dir: RunDir) -> dict | None:
+    """The summary of a finished run with the same experiment and epoch count, else None.
+
+    A finished run whose files are gone (weights are git-ignored: a fresh clone has summaries
+    without checkpoints) is not finished for this purpose: it is computed again, the same
+    experiment, so its consumers (notebooks, evaluations) find what they need."""
+    summary = run_dir.read_summary()
+    if cfg.resume is None or not summary or not summary.get("finished"):
+        return None
+    if summary.get("config", {}).get("epochs") != getattr(cfg, "epochs", None):
+        return None  # epochs grew: the run goes on
+    needed = summary.get("artifacts", [LAST] if "total_steps" in summary else [])
+    missing = [name for name in needed if not run_dir.file(name).exists()]
+    if missing:
+        log.warning("%s finished, but %s are missing (weights are not committed): computing the run again",
+                    run_dir.path, ", ".join(missing))
+        return None
+    return summary
+
+
+# -- loading what runs produced --------------------------------------------------------------
+
+
+
+
+

@@ -1,0 +1,323 @@
+"""The scaffold every training engine shares, as helpers around an explicit loop (no Trainer class).
+
+An engine's ``run(cfg)`` reads top to bottom::
+
+    with start_run(cfg, "pretrain") as run:          # device, DDP, run dir rules, lock, signals
+        if run.finished is not None: return run.finished
+        ... data, model, optimizer ...
+        step, epoch, batch = run.restore(ckpt_keys, model, optimizer, scaler)   # resume (or zeros)
+        while epoch < cfg.epochs:
+            for batch in loader:
+                ... forward, backward ...
+                run.check_loss(loss, step)                # non-finite or exploding: stop, name a checkpoint
+                ... optimizer step ...
+                run.log_step(step, epoch_float, loss, lr, n_images)
+                if run.should_stop(step): break           # max_steps, SIGTERM/SIGINT
+                if run.checkpoint_due(): save()           # every --checkpoint-minutes
+            run.end_epoch(epoch, save)                    # checkpoint-last + numbered snapshots
+        run.finish(summary)
+"""
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import statistics
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from timm.scheduler import CosineLRScheduler
+
+from ..data import datasets as data_lib
+from ..files import DiskFullError, load_checkpoint
+from ..runtime import (
+    Timer,
+    environment_info,
+    mean_across_ranks,
+    peak_memory_bytes,
+    progress,
+    resolve_amp,
+    rng_state,
+    set_rng_state,
+    setup_device,
+)
+from .config import check_common
+from .rundir import (
+    LAST,
+    MetricLog,
+    RunDir,
+    RunInUseError,
+    check_same_experiment,
+    config_record,
+    finished_summary,
+    resolve_resume,
+)
+
+log = logging.getLogger(__name__)
+TRAINING_STATE_KEYS = ("model", "optimizer", "scaler", "step", "epoch", "batch_in_epoch", "rng", "config")
+# a loss this many times the running median of recent steps is an explosion, stopped before NaN
+EXPLOSION_FACTOR = 100.0
+EXPLOSION_WINDOW = 50
+
+
+class RunInterrupted(Exception):
+    """SIGTERM / SIGINT arrived; a checkpoint was written at a step boundary."""
+
+
+class Run:
+    """What a training loop needs from its surroundings; see the module docstring."""
+
+    def __init__(self, cfg, engine: str):
+        check_common(cfg)
+        self.cfg, self.engine = cfg, engine
+        self.info, self.device = setup_device(cfg.device)
+        self.dir = RunDir(cfg.output_dir)
+        self.finished: dict | None = None
+        self.resume_from: Path | None = None
+        self.metrics: MetricLog | None = None
+        self.timer = Timer()
+        self.bar = None
+        self._signal = None
+        self._old_handlers: dict = {}
+        self._recent: deque = deque(maxlen=EXPLOSION_WINDOW)
+        self._last_checkpoint_time = time.monotonic()
+        # progress carried across resumes: wall time and images of every earlier session
+        self.elapsed_before, self.images_before, self.images_seen = 0.0, 0, 0
+        self.epoch_loss_sum, self.epoch_loss_count, self.last_epoch_loss = 0.0, 0, None
+        self.last_batch_loss = float("nan")
+
+    # -- opening and closing ---------------------------------------------------------------------
+    def __enter__(self) -> "Run":
+        try:
+            if self.info.is_main:
+                self.dir.acquire_lock()
+            self.resume_from = resolve_resume(self.cfg, self.dir)  # config mismatch: ValueError here
+            self.finished = finished_summary(self.cfg, self.dir)
+            if self.finished is not None:
+                log.info("%s is already finished: nothing to do; summary %s", self.dir.path,
+                         self.dir.file("summary.json"))
+                return self
+            if self.info.is_main:
+                if self.cfg.overwrite and self.dir.holds_run():
+                    log.warning("overwrite: deleting the run in %s", self.dir.path)
+                    self.dir.clear()
+                self.dir.clean_temp_files()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        self._install_signal_handlers()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        for sig, handler in self._old_handlers.items():
+            signal.signal(sig, handler)
+        if self.info.is_main:
+            self.dir.release_lock()
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        def handler(signum, frame):
+            self._signal = signum
+            log.warning("%s received: stopping at the next step boundary with a checkpoint",
+                        signal.Signals(signum).name)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old_handlers[sig] = signal.signal(sig, handler)
+
+    def start_logging(self, cfg_to_save, step: int, total_steps: int, desc: str) -> None:
+        """config.json, metrics (cut at the resumed step) and the progress bar."""
+        if self.info.is_main:
+            self.dir.write_config(cfg_to_save)
+        self.metrics = MetricLog(self.dir.path, self.info.is_main, resume_step=step)
+        self.timer = Timer()  # wall time and img/s count the loop, not data and model set-up
+        self.bar = progress(total=total_steps, initial=step, disable=not self.info.is_main, desc=desc)
+
+    # -- resume ------------------------------------------------------------------------------------
+    def restore(self, required: tuple[str, ...], model, optimizer, scaler,
+                mask_generator: torch.Generator | None = None) -> tuple[int, int, int, dict | None]:
+        """Load the resume checkpoint into the live objects: (step, epoch, batch_in_epoch, ckpt), or
+        zeros and None for a fresh run."""
+        if self.resume_from is None:
+            return 0, 0, 0, None
+        path = self.resume_from
+        ckpt = load_checkpoint(path, required=TRAINING_STATE_KEYS + tuple(required))
+        check_same_experiment(ckpt["config"], self.cfg, path)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {path} does not fit this model: {e}") from e
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"], mask_generator)
+        prog = ckpt.get("progress", {})
+        self.elapsed_before, self.images_before = prog.get("wall_time_s", 0.0), prog.get("images_seen", 0)
+        self.epoch_loss_sum, self.epoch_loss_count = prog.get("epoch_loss_sum", 0.0), prog.get("epoch_loss_count", 0)
+        self.last_epoch_loss = prog.get("last_epoch_loss")
+        log.info("resumed from %s at epoch %d, step %d", path, ckpt["epoch"], ckpt["step"])
+        return ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"], ckpt
+
+    def training_state(self, model, optimizer, scaler, step: int, epoch: int, batch_in_epoch: int,
+                       mask_generator: torch.Generator | None = None, **extra) -> dict:
+        """Everything an exact resume needs (weights, optimizer, loss scaler, position, every RNG,
+        progress counters, the config), plus the engine's own ``extra`` entries."""
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_generator),
+                "config": config_record(self.cfg), "progress": self.progress_state(), **extra}
+
+    def progress_state(self) -> dict:
+        return {"wall_time_s": self.wall_time_s, "images_seen": self.images_before + self.images_seen,
+                "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_count": self.epoch_loss_count,
+                "last_epoch_loss": self.last_epoch_loss}
+
+    @property
+    def wall_time_s(self) -> float:
+        """Wall time over every session of this run (resumes add up)."""
+        return self.elapsed_before + self.timer.elapsed
+
+    @property
+    def images_per_s(self) -> float:
+        return (self.images_before + self.images_seen) / max(self.wall_time_s, 1e-9)
+
+    # -- inside the loop ---------------------------------------------------------------------------
+    def check_loss(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop on a non-finite loss or one > EXPLOSION_FACTOR x the running median (before NaN)."""
+        value = loss.item()
+        median = statistics.median(self._recent) if len(self._recent) >= 10 else None
+        exploded = median is not None and median > 0 and value > EXPLOSION_FACTOR * median
+        if math.isfinite(value) and not exploded:
+            self._recent.append(value)
+            return
+        last = self.dir.last_checkpoint
+        where = (f"The last good checkpoint is {last} (resume with --resume auto)" if last.exists()
+                 else "No checkpoint exists yet")
+        what = f"loss is {value}" if not math.isfinite(value) else (
+            f"loss exploded to {value:.4g}, {value / median:.0f}x the median of the last {len(self._recent)} steps")
+        raise FloatingPointError(f"{what} at epoch {epoch}, step {step}: stopping. {where}; try a lower --blr "
+                                 "or --amp none")
+
+    def log_step(self, step: int, epoch: float, loss: torch.Tensor, lr: float, images: int, **extra) -> float:
+        """After an optimizer step: the loss averaged over ranks, epoch mean, progress bar, and a
+        metrics record every ``log_every`` steps. Returns the logged loss."""
+        value = mean_across_ranks(loss.detach(), self.info)
+        self.last_batch_loss = value
+        self.epoch_loss_sum += value
+        self.epoch_loss_count += 1
+        self.images_seen += images
+        self.bar.update(1)
+        if self.info.is_main and (step % self.cfg.log_every == 0 or step == 1):
+            rate = self.images_seen / max(self.timer.elapsed, 1e-9)
+            self.metrics.write({"step": step, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": rate, **extra})
+            self.bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+        return value
+
+    def should_stop(self, step: int) -> bool:
+        """max_steps reached, or a signal arrived (on any rank: every rank stops at the same step)."""
+        stop = self._signal is not None or (self.cfg.max_steps is not None and step >= self.cfg.max_steps)
+        if self.info.world_size > 1:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag)
+            stop = bool(flag.item() > 0)
+        return stop
+
+    def checkpoint_due(self) -> bool:
+        minutes = self.cfg.checkpoint_minutes
+        due = minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
+        if self.info.world_size > 1:  # rank 0's clock decides, so all ranks agree
+            flag = torch.tensor([float(due)], device=self.device)
+            dist.broadcast(flag, 0)
+            due = bool(flag.item() > 0)
+        return due
+
+    def save(self, state_fn: Callable[[], dict], name: str = LAST) -> None:
+        """Write a checkpoint (rank 0); ``state_fn`` builds the state only where it is written."""
+        if self.info.is_main:
+            self.dir.save(state_fn(), name)
+        if name == LAST:
+            self._last_checkpoint_time = time.monotonic()
+
+    def end_epoch(self, epoch_done: int, step: int, state_fn: Callable[[], dict], datasets=()) -> None:
+        """After a full epoch: the epoch's mean loss, the corrupt-image ceiling, checkpoint-last and
+        (every ``save_every`` epochs) a numbered snapshot."""
+        if self.epoch_loss_count:
+            self.last_epoch_loss = self.epoch_loss_sum / self.epoch_loss_count
+            if self.info.is_main:
+                self.metrics.write({"step": step, "epoch": epoch_done, "epoch_loss": self.last_epoch_loss})
+        self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
+        for ds in datasets:
+            if self.cfg.skip_corrupt:
+                data_lib.check_corrupt_fraction(ds, self.cfg.max_corrupt_fraction)
+        self.save(state_fn)
+        if self.cfg.save_every > 0 and epoch_done % self.cfg.save_every == 0:
+            self.save(state_fn, f"checkpoint-{epoch_done:04d}.pth")
+
+    # -- the end -----------------------------------------------------------------------------------
+    def summary_base(self, total_steps: int, step: int, finished: bool, artifacts: tuple[str, ...] = (LAST,),
+                     **extra) -> dict:
+        """The summary fields every engine writes. ``final_loss`` is the mean training loss of the
+        last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's. ``artifacts``:
+        the files a finished run must still hold to count as finished (see rundir.finished_summary)."""
+        return {"engine": self.engine, "config": config_record(self.cfg), "amp": resolve_amp(self.cfg.amp, self.device),
+                "environment": environment_info(self.device),
+                "world_size": self.info.world_size, "steps": step, "total_steps": total_steps, "finished": finished,
+                "final_loss": self.last_epoch_loss,
+                "last_batch_loss": self.last_batch_loss if math.isfinite(self.last_batch_loss) else None,
+                "artifacts": list(artifacts),
+                "wall_time_s": self.wall_time_s, "images_per_s": self.images_per_s,
+                "session_wall_time_s": self.timer.elapsed, "peak_memory_bytes": peak_memory_bytes(self.device),
+                **extra}
+
+    def finish(self, summary: dict) -> dict:
+        if self.info.is_main:
+            path = self.dir.write_summary(summary)
+            state = "finished" if summary["finished"] else f"stopped at step {summary['steps']} (resumable)"
+            loss = summary.get("final_loss")
+            log.info("%s %s: final loss (last-epoch mean) %s, %.0f img/s, %.0f s; summary %s", self.engine, state,
+                     f"{loss:.4f}" if loss is not None else "n/a (no full epoch)", summary["images_per_s"],
+                     summary["wall_time_s"], path)
+        if self._signal is not None and not summary["finished"]:
+            raise RunInterrupted(f"{signal.Signals(self._signal).name}: stopped at step {summary['steps']} with a "
+                                 f"checkpoint in {self.dir.last_checkpoint}; continue with --resume auto")
+        return summary
+
+
+def start_run(cfg, engine: str) -> Run:
+    """Validate the shared fields, set up device / DDP and open the run directory (use with ``with``)."""
+    return Run(cfg, engine)
+
+
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_steps: int, min_lr: float) -> CosineLRScheduler:
+    """MAE's per-step schedule (util/lr_sched.py): linear warmup from 0, then a half cosine from the
+    base lr to ``min_lr`` over the remaining steps. timm's scheduler with ``warmup_prefix`` computes
+    exactly that; without it, the cosine would already be decaying during warmup."""
+    warmup_steps = min(warmup_steps, total_steps - 1)
+    return CosineLRScheduler(optimizer, t_initial=total_steps - warmup_steps, lr_min=min_lr, warmup_lr_init=0.0,
+                             warmup_t=warmup_steps, warmup_prefix=True, t_in_epochs=False)
+
+
+def cli_main(run: Callable, cfg) -> dict:
+    """What every engine's ``main`` does: log to stderr, turn expected errors into a clean exit
+    (message, status 2; interrupted: 143) and always leave the process group."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return run(cfg)
+    except RunInterrupted as e:
+        log.error("%s", e)
+        raise SystemExit(143) from e
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RunInUseError, DiskFullError,
+            data_lib.CorruptImageError) as e:
+        log.error("%s", e)
+        raise SystemExit(2) from e
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
