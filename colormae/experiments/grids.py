@@ -64,6 +64,8 @@ class GridSpec:
     variants: dict = field(default_factory=dict)
     # end-to-end fine-tuning of every encoder (FinetuneConfig fields; None: frozen evaluation only)
     finetune: dict | None = None
+    # a preregistered (confirmatory) grid: the file that fixes it; the command line changes nothing of it
+    preregistration: str | None = None
     out: str = "results/cifar10_minirepro"  # relative paths: from the repository root
     # pretraining (see PretrainConfig); everything but mask and seed is shared by all runs
     pretrain: dict = field(default_factory=lambda: dict(
@@ -85,12 +87,10 @@ class GridSpec:
         return PretrainConfig(**{**self.pretrain, **overrides, "seed": seed, **fields})
 
 
-# The 16x16-grid CIFAR-10 table (issue: "Table 1 at CPU scale that can tell masks apart"). Patch 2 on
-# the native 32 px (not 64 px upsampled with patch 4: the same 256 tokens, but an upsampled image
-# holds no more information and its patch embedding costs 4x). The nano preset and one epoch are
-# what 2 CPU cores afford for 14 pretraining runs + 17 evaluations in ~2.5 h (README: the pilot);
-# seeds 3 and 4 of none / random / green (4 more pretraining runs, ~40 min) were added to decide
-# green vs random, the paper's question, whose kNN interval still included 0 with three seeds.
+# The 16x16-grid CIFAR-10 table (Table 1 at CPU scale). Patch 2 on the native 32 px (not 64 px
+# upsampled with patch 4: the same 256 tokens, but an upsampled image holds no more information and
+# its patch embedding costs 4x). The nano preset and one epoch per run are sized for a 2-core CPU;
+# none / random / green get 5 seeds, the others 2 (the pilot and the sizing: docs/results.md).
 # Paper recipe: norm-pix loss, 75 % masking, AdamW (0.9, 0.95), wd 0.05, cosine; masks online
 # (aperiodic windows of freshly filtered noise: a bank's statistics, no memory).
 GRID16_PRETRAIN = dict(
@@ -101,14 +101,12 @@ GRID16_PRETRAIN = dict(
 # as another pretraining epoch per run.
 GRID16_EVALUATE = dict(linprobe_epochs=100, knn_k=20, amp="auto", batch_size=512, train_length=10000)
 
-# The same grid at GPU scale (`--scale gpu`, issue #11 section 5): none / random / green (the paper's
-# question) at 5 seeds, 6x longer pretraining at batch 256, the full 50k training images for kNN and
-# the probe, and end-to-end fine-tuning of every encoder (the paper's Table 1 metric, the finetune
-# engine's MAE recipe). Sized from a measured pilot on an H200 (results/cifar10_grid16_gpu_pilot/:
-# three masks in parallel processes, as the README shows): per run, 8 pretraining epochs took 40-48 s
-# (8-10k img/s), frozen evaluation 20 s, and fine-tuning 3.7k img/s per process (RandAugment on CPU
-# workers is the bottleneck, not the GPU) -> 6 epochs + 3 fine-tuning epochs = ~95 s a run, 5 runs per
-# mask in ~8 minutes. Blue / purple / red / block: add `--masks blue purple red block` (seeds 0, 1).
+# The same grid at GPU scale (`--scale gpu`): none / random / green (the paper's question) at 5 seeds,
+# 6x longer pretraining at batch 256, the full 50k training images for kNN and the probe, and
+# end-to-end fine-tuning of every encoder (the paper's Table 1 metric, the finetune engine's MAE
+# recipe), sized for one GPU running the three masks as three processes (the measured pilot behind
+# the sizing: docs/results.md). Blue / purple / red / block: add `--masks blue purple red block`
+# (seeds 0, 1).
 GRID16_GPU = dict(
     out="results/cifar10_grid16_gpu", masks=("none", "random", "green"),
     more_seeds={"none": (2, 3, 4), "random": (2, 3, 4), "green": (2, 3, 4)},
@@ -127,7 +125,14 @@ def band_label(sigma1: float, sigma2: float) -> str:
     return f"green_s{sigma1:g}-{sigma2:g}"
 
 
-
+# The confirmatory replication of green > random on kNN (results/cifar10_grid16_confirm/PREREGISTRATION.md,
+# committed before any of its runs): the grid16 recipe at fresh seeds 5-12, fp32 pinned for pretraining
+# and evaluation (the exploratory grid's "auto" resolved to fp32 on the AVX2 machine it ran on; on a CPU
+# with native bf16 "auto" would silently change the precision).
+GRID16_CONFIRM = GridSpec(
+    masks=("random", "green"), seeds=tuple(range(5, 13)), out="results/cifar10_grid16_confirm",
+    pretrain={**GRID16_PRETRAIN, "amp": "none"}, evaluate={**GRID16_EVALUATE, "amp": "none"},
+    preregistration="results/cifar10_grid16_confirm/PREREGISTRATION.md")
 
 GRIDS = {
     "cifar10-minirepro": GridSpec(),
@@ -140,11 +145,8 @@ GRIDS = {
         variants={band_label(s, 2 * s): {"mask": "green", "mask_params": f"sigma1={s:g},sigma2={2 * s:g}"}
                   for s in BAND_SIGMA1},
         pretrain=GRID16_PRETRAIN, evaluate=GRID16_EVALUATE),
+    "cifar10-grid16-confirm": GRID16_CONFIRM,
 }
-
-
-# The control row (CONTROL, "none"): the same encoder, untrained (the init pretraining starts from,
-# same seed), evaluated identically. It shows how much of each accuracy pretraining earned.
 
 
 def _reuse_eval(eval_path: Path, spec: GridSpec) -> dict:
@@ -373,6 +375,15 @@ def main(argv: list[str] | None = None) -> Path:
     if args.scale == "gpu" and args.grid != "cifar10-grid16":
         p.error(f"--scale gpu applies to cifar10-grid16, not {args.grid}")
     spec = replace(GRIDS[args.grid], **(GRID16_GPU if args.scale == "gpu" else {}))
+    if spec.preregistration:
+        given = sorted(k for k, v in vars(args).items()  # device and data location are no experiment setting
+                       if k not in ("grid", "device", "data_root") and v != p.get_default(k))
+        if given:
+            p.error(f"{args.grid} is preregistered ({spec.preregistration}): its masks, seeds and settings are "
+                    f"fixed; remove {', '.join('--' + k.replace('_', '-') for k in given)}")
+        if not project_path(spec.preregistration).is_file():
+            p.error(f"{args.grid}: {spec.preregistration} is missing; a preregistered grid runs only after its "
+                    "preregistration is committed")
     if args.out:
         spec.out = args.out
     if args.masks:
