@@ -187,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         written.append(write(rows, f"static_{device.type}", out, device, args))
         for r in rows:
             print(f"{r['preset']:<24}{r['mask']:<8}{r['source']:<8}{r['params_m']:8.3f} M "
-                  f"{r['gflops_fwd_per_img']:9.4f} GFLOP/img {r['memory_accounted_mib']:9.1f} MiB ({r['memory_vs_random']:+.2%} vs random)")
+                  f"{r['gflops_fwd_per_img']:9.4f} GFLOP/img {r['memory_accounted_mib']:9.1f} MiB "
+                  f"({r['memory_vs_random']:+.2%} vs random)")
     if args.part in ("timing", "all"):
         rows = [r for preset, batch in jobs for r in timing_rows(preset, batch, device, args.rounds, args.steps)]
         written.append(write(rows, f"timing_{device.type}", out, device, args))

@@ -12,7 +12,7 @@ batches must not count. A step is what pretraining does: green mask + bf16 forwa
 
 Threads: ``torch.set_num_threads`` = the cores this process may use (``--threads`` overrides). The
 model should have every core; DataLoader workers run with one thread each and compete with it, which
-is the cost being measured. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine (README).
+is the cost being measured. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared machine (docs/design.md).
 
     python benchmarks/pipeline.py                          # CIFAR-10, mae_vit_mini_patch4_32, CPU, < 3 min
     python benchmarks/pipeline.py --amp none               # fp32: CPUs without native bf16 (AVX2 only)

@@ -19,8 +19,60 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class DiskFullError(OSError):
+class OutputError(OSError):
+    """A file could not be written for a reason the user fixes outside the program (disk full,
+    read-only folder, a file where a folder should be); the message says what to do."""
+
+
+class DiskFullError(OutputError):
     pass
+
+
+# what torch.save's zip writer raises when the OS refuses the bytes (disk full, file size limit)
+_TORCH_WRITE_FAILED = ("unexpected pos", "file write failed", "PytorchStreamWriter failed writing")
+
+
+def output_error(err: BaseException, path: str | os.PathLike) -> OutputError | None:
+    """The clear error for a failed write of ``path`` (None: not one of the known causes).
+
+    ENOSPC / EFBIG and torch's zip-writer failures (``[enforce fail at inline_container.cc]
+    unexpected pos``, its form of a short write) are a full disk (or a file size limit); EROFS /
+    EACCES an output folder that cannot be written; EEXIST / ENOTDIR a file where a folder is needed."""
+    path = Path(path)
+    code = getattr(err, "errno", None)
+    torch_short_write = isinstance(err, RuntimeError) and any(m in str(err) for m in _TORCH_WRITE_FAILED)
+    if code in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) or torch_short_write:
+        try:
+            free = f"{shutil.disk_usage(path.parent if path.parent.exists() else '.').free} bytes free"
+        except OSError:
+            free = "free space unknown"
+        return DiskFullError(errno.ENOSPC, f"the disk is full (or a file size limit was reached): could not write "
+                             f"{path} ({free}). Free space or choose another --output-dir, then resume with "
+                             "--resume auto")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OutputError(code, f"cannot write {path}: {os.strerror(code)}. Choose a writable --output-dir "
+                           "(relative paths are taken from the repository root)")
+    if code in (errno.EEXIST, errno.ENOTDIR):
+        return OutputError(code, f"cannot write {path}: a file stands where a folder is needed "
+                           f"({os.strerror(code)}). Choose another --output-dir or move that file")
+    return None
+
+
+def make_dirs(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` with the clear errors of ``output_error`` (an --output-dir that is a file, a
+    read-only file system)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(errno.EEXIST, f"{path} is a file, not a folder: choose another --output-dir or move "
+                          "the file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        mapped = output_error(e, path / ".")
+        if mapped is None:
+            raise
+        raise mapped from e
+    return path
 
 
 @contextlib.contextmanager
@@ -49,23 +101,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     half a file. Temp files are named ``.<name>.*.tmp`` (``RunDir.clean_temp_files`` removes
     those left by a killed process)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    make_dirs(path.parent)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(Path(tmp))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; checkpoints get normal permissions
         os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise DiskFullError(errno.ENOSPC, f"the disk is full: could not write {path} "
-                                f"({shutil.disk_usage(path.parent).free} bytes free)") from e
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        mapped = output_error(e, path) if isinstance(e, (OSError, RuntimeError)) else None
+        if mapped is not None and not isinstance(e, OutputError):
+            raise mapped from e
         raise
     return path
 
@@ -89,7 +140,14 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+    """The JSON in ``path``; ValueError naming the file when it is not JSON (a torn or hand-edited record)."""
+    path = Path(path)
+    text = path.read_text()
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): restore it (git checkout / a backup) or delete it "
+                         "to recompute what it records") from None
 
 
 def repo_relative(path: str | os.PathLike | None) -> str | None:

@@ -60,7 +60,8 @@ def wrap_ddp(model: torch.nn.Module, info: DistInfo, device: torch.device) -> to
     """DistributedDataParallel around ``model`` under torchrun; the model itself otherwise."""
     if info.world_size == 1:
         return model
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    device_ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 def mean_across_ranks(x: torch.Tensor, info: DistInfo) -> float:
@@ -119,6 +120,16 @@ def grad_scaler(amp: str, device: torch.device) -> torch.amp.GradScaler:
 
 
 # -- seeded data order --------------------------------------------------------------------------
+
+def seed_step(seed: int, step: int, rank: int) -> None:
+    """Seed torch, numpy and random from (seed, step, rank) alone before a training step: drop path,
+    mixup and proposal sampling resume exactly, however many workers, evaluation loaders or other RNG
+    consumers ran before this step."""
+    s = (seed * 1_000_003 + step * 7_919 + rank * 104_729 + 17) % (2 ** 31 - 1)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
 
 def sample_seed(seed: int, epoch: int, position: int) -> int:
     """Per-sample augmentation seed: depends on nothing but (run seed, epoch, place in the epoch)."""

@@ -8,6 +8,31 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# the smallest preset (32 px, patch 4: an 8 x 8 grid, 2 blocks of width 64): every test that trains uses it
+MICRO = "mae_vit_micro_patch4_32"
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory):
+    """Factory of finished micro pretraining runs: ``micro_run(mask="green", norm_pix_loss=None)`` ->
+    the run directory (encoder.pth, checkpoint-last.pth, summary.json) of MICRO pretrained for 1 epoch
+    on 64 embedded crops, batch 32, fp32 (amp none), seed 0, on the CPU; ``norm_pix_loss`` None is the
+    preset's (off). One run per argument set for the whole session (a few seconds each): treat it as
+    read-only, copy it (``shutil.copytree``) where a test writes beside it. Pinned numbers
+    (tests/test_notebooks.py) come from these settings."""
+    runs: dict[tuple, Path] = {}
+
+    def make(mask: str = "green", norm_pix_loss: bool | None = None) -> Path:
+        key = (mask, norm_pix_loss)
+        if key not in runs:
+            from colormae.engines.pretrain import PretrainConfig, run
+            out = tmp_path_factory.mktemp(f"micro_{mask}_{'preset' if norm_pix_loss is None else norm_pix_loss}")
+            run(PretrainConfig(preset=MICRO, dataset="embedded", dataset_length=64, epochs=1, batch_size=32, amp="none",
+                               mask=mask, norm_pix_loss=norm_pix_loss, seed=0, device="cpu", output_dir=str(out)))
+            runs[key] = out
+        return runs[key]
+
+    return make
 
 
 @pytest.fixture(scope="module")

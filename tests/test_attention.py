@@ -2,6 +2,7 @@
 foreground fraction is exact on hand-made maps."""
 import pytest
 import torch
+from conftest import MICRO
 
 from colormae.analysis.attention import attention_probs, block_attention, cls_attention, foreground_fraction, upsample
 from colormae.models.mae import mae_model
@@ -23,7 +24,7 @@ def _block_io(model, imgs, block=-1):
 @pytest.mark.parametrize("block", [0, -1])
 def test_recomputed_attention_reproduces_the_block_output(block):
     torch.manual_seed(0)
-    model = mae_model("mae_vit_micro_patch4_32").eval()
+    model = mae_model(MICRO).eval()
     imgs = torch.randn(3, 3, 32, 32)
     attn, qkv, out = _block_io(model, imgs, block)
     probs = attention_probs(attn, qkv)
@@ -37,7 +38,7 @@ def test_recomputed_attention_reproduces_the_block_output(block):
 
 def test_cls_attention_is_a_distribution_over_the_grid():
     torch.manual_seed(0)
-    model = mae_model("mae_vit_micro_patch4_32").eval()
+    model = mae_model(MICRO).eval()
     maps = cls_attention(model, torch.randn(2, 3, 32, 32))
     assert maps.shape == (2, 8, 8)
     assert (maps >= 0).all()
@@ -82,7 +83,7 @@ def test_eigencam_maps_cover_the_image_and_follow_the_activations(tmp_path):
     from colormae.analysis.cam import eigencam, encoder_as_vit, load_classifier
     from colormae.files import save_torch
     torch.manual_seed(0)
-    vit = encoder_as_vit(mae_model("mae_vit_micro_patch4_32"))
+    vit = encoder_as_vit(mae_model(MICRO))
     imgs = torch.randn(2, 3, 32, 32)
     cams = eigencam(vit, imgs)
     assert cams.shape == (2, 32, 32) and cams.min() >= 0 and cams.max() <= 1 + 1e-6

@@ -103,7 +103,8 @@ def test_dense_gpu_benchmarks_smoke_on_cpu(script, args):
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
-    summary = [line for line in proc.stdout.splitlines() if line.startswith(("segmentation summary:", "detection summary:"))]
+    summary = [line for line in proc.stdout.splitlines()
+               if line.startswith(("segmentation summary:", "detection summary:"))]
     assert len(summary) == 1 and "img/s at batch 2" in summary[0]
     bad = subprocess.run([*cmd, "--batches", "two"], cwd=root, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--batches 'two'" in bad.stderr

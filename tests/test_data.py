@@ -329,7 +329,8 @@ def test_fifo_named_jpg_is_rejected_not_waited_on(tmp_path):
 def test_cifar10_with_fewer_images_than_its_known_size(tmp_path):
     """All ten CIFAR-10 classes (so: CIFAR-10) but 2 images each: an error naming file and counts."""
     _make_tar(tmp_path, "train", per_class=2, classes=CIFAR10_CLASSES)
-    with pytest.raises(ValueError, match=r"train\.tar: 20 images, but cifar10 train has 50,000: the copy is incomplete"):
+    incomplete = r"train\.tar: 20 images, but cifar10 train has 50,000: the copy is incomplete"
+    with pytest.raises(ValueError, match=incomplete):
         build_dataset("cifar10", tmp_path, "train", None)
     _make_tree(tmp_path / "tree", "test", per_class=1)
     for cls in CIFAR10_CLASSES:
@@ -354,7 +355,8 @@ def test_truncated_tar_is_an_error(tmp_path, where):
     if where == "between members":
         with tarfile.open(path) as tf:  # tarfile itself reads this cut tar as a shorter one, quietly
             assert len(tf.getmembers()) == 8
-    detail = f"it ends inside member {m.name}" if where == "inside a member" else "no end-of-archive block after 8 members"
+    detail = (f"it ends inside member {m.name}" if where == "inside a member"
+              else "no end-of-archive block after 8 members")
     with pytest.raises(ValueError, match=rf"train\.tar is truncated \({cut:,} bytes; {detail}\): "
                                          rf"{7 if where == 'inside a member' else 8} complete images before the cut"):
         build_dataset("cifar10", tmp_path, "train", None)

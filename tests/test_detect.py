@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from conftest import MICRO
 from timm.models.vision_transformer_sam import Block
 
 from colormae.engines import detect
@@ -16,12 +17,9 @@ from colormae.data.coco import (CocoInstances, check_annotations, coco_evaluate,
 from colormae.engines.detect import DetectConfig, Jittered
 from colormae.experiments.dense import DETECTION_COLUMNS, run_detection_experiment
 from colormae.models.mae import untrained_encoder
-from colormae.engines.pretrain import PretrainConfig
-from colormae.engines.pretrain import run as pretrain
 from colormae.files import load_checkpoint, save_torch
 from colormae.models.vitdet import (SimpleFeaturePyramid, ViTDetBackbone, backbone_from_export, block_forward, global_blocks)
 
-MICRO = "mae_vit_micro_patch4_32"
 # a tiny detector: 64 px, patch 8 (the micro encoder's 8x8 grid), narrow heads
 TINY = dict(img_size=64, patch_size=8, fpn_channels=16, roi_batch=16, batch_size=2, amp="none", log_every=1,
             warmup_steps=1, blr=1e-2)
@@ -31,12 +29,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run fas
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    """A finished micro pretraining run (a few seconds)."""
-    out = tmp_path_factory.mktemp("pretrain")
-    pretrain(PretrainConfig(preset=MICRO, dataset="embedded", dataset_length=64, epochs=1, batch_size=32,
-                            amp="none", output_dir=str(out), seed=0))
-    return out
+def encoder(micro_run):
+    """A finished micro pretraining run (conftest.micro_run)."""
+    return micro_run()
 
 
 def rectangles(n: int, size: int = 48, seed: int = 0):
@@ -280,12 +275,13 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
         run_detection_experiment(**{**kw, "masks": ("green",)})
 
 
-def notebook_setup(tmp_path) -> None:
+def notebook_setup(tmp_path, micro_run) -> None:
     """What notebook 05's tiny nbval run needs (tests/test_notebooks.py SETUP): micro encoders
-    pretrained with random and green masks, and a synthetic COCO folder (no shared data needed)."""
+    pretrained with random and green masks (conftest.micro_run, copied), and a synthetic COCO folder
+    (no shared data needed)."""
+    import shutil
     for mask in ("random", "green"):
-        pretrain(PretrainConfig(preset=MICRO, epochs=1, dataset_length=64, batch_size=32, amp="none", mask=mask,
-                                output_dir=str(tmp_path / f"encoder_{mask}"), device="cpu"))
+        shutil.copytree(micro_run(mask), tmp_path / f"encoder_{mask}")
     write_coco(tmp_path / "coco", "train2017", 4, seed=0)
     write_coco(tmp_path / "coco", "val2017", 2, seed=1)
 
@@ -302,7 +298,7 @@ from colormae.engines.detect import DetectConfig, build_model
 from colormae.data.coco import coco_evaluate
 from colormae.models.mae import untrained_encoder
 cfg = DetectConfig(encoder="x", **{TINY!r})
-model = build_model(untrained_encoder("mae_vit_micro_patch4_32", 0), 1, cfg).eval()
+model = build_model(untrained_encoder({MICRO!r}, 0), 1, cfg).eval()
 with torch.no_grad():
     model([torch.rand(3, cfg.img_size, cfg.img_size)])
 try:

@@ -2,13 +2,13 @@
 
 Documents: README.md, docs/*.md and paper_figures/README.md.
 
-Where a command is found: in fenced code blocks (```), in indented code blocks (four spaces after
-a blank line) and in inline backtick spans. A backslash at the end of a line joins it with the
-next. Each line is split into shell words (shlex, POSIX rules), which drops trailing ``# ...``
-comments, and cut at ``;``, ``&&``, ``||``, ``|`` and ``&``. A piece is a command when it starts
-with ``colormae`` or when ``-m colormae`` appears in it (``python -m colormae``,
-``python3 -m colormae``, ``torchrun [its flags] -m colormae``); the words after ``colormae`` are
-the argument list.
+Where a command is found: in fenced code blocks (```), in indented code blocks (lines indented by
+four spaces, the first one after a blank line) and in inline `single-backtick` spans. A backslash
+at the end of a code line joins it with the next. Each line or span is split into shell words
+(shlex, POSIX rules), which drops trailing ``# ...`` comments, and cut at ``;``, ``&&``, ``||``,
+``|`` and ``&``. A piece is a colormae command when it starts with ``colormae`` or when
+``-m colormae`` appears in it (``python -m colormae``, ``python3 -m colormae``,
+``torchrun [its flags] -m colormae``); the words after ``colormae`` are its argument list.
 
 Placeholders, one rule each, applied to the argument list before it is parsed:
 - ``...`` or ``…`` (more arguments of the reader's choice) is dropped;
@@ -22,15 +22,21 @@ Placeholders, one rule each, applied to the argument list before it is parsed:
 
 The argument list then goes to ``colormae.cli.parse_command``, which parses it as the command
 would and runs nothing; an argparse error fails the test with argparse's message. A command
-with ``-h``/``--help`` must exit with status 0 (argparse prints the help).
+with ``-h``/``--help`` must exit with status 0 (argparse prints the help); an empty argument list
+or ``--help`` alone is ``colormae --help``. Two other kinds of command are checked as far as they
+can be without running them: ``papermill notebooks/X.ipynb out.ipynb -p name value`` (X exists and
+has a parameter ``name``) and ``python benchmarks/X.py --flag`` (X exists and defines ``--flag``).
 
 The removed entry points ``python -m colormae.<module>`` (and ``-m colormae.<module>`` under
-torchrun) must appear nowhere, and every dotted ``colormae.x.y`` name and ``colormae/...`` path
-must exist, except in the README's "What changed" section, which names the old ones on purpose.
+torchrun) must appear nowhere, and every dotted ``colormae.x.y`` name in a code span and every
+``colormae/...`` path must exist, except in the README's "What changed" section, which names the
+old ones on purpose. Relative links (files and ``#heading`` anchors) must resolve.
 """
 from __future__ import annotations
 
+import ast
 import importlib
+import json
 import re
 import shlex
 from dataclasses import dataclass
@@ -61,10 +67,12 @@ class Snippet:
 
 def _lines_outside_what_changed(path: Path) -> list[tuple[int, str]]:
     """(line number, line) of a document, without the README's "What changed" section."""
-    out, skipping = [], False
+    out, skipping, in_fence = [], False, False
     for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.startswith("#") and not line.startswith("#!"):
-            skipping = path.name == "README.md" and path.parent == ROOT and WHAT_CHANGED in line
+        if line.strip().startswith("```"):
+            in_fence = not in_fence
+        elif not in_fence and re.match(r"#{1,6} ", line):
+            skipping = path == ROOT / "README.md" and WHAT_CHANGED in line
         if not skipping:
             out.append((no, line))
     return out
@@ -127,24 +135,28 @@ def _substitute(argv: list[str], where: str) -> list[str]:
     return out
 
 
-def commands_in(snippet: Snippet) -> list[list[str]]:
-    """Argument lists of the colormae commands in a snippet (placeholders substituted)."""
+def pieces(snippet: Snippet) -> list[list[str]]:
+    """The snippet's shell words, cut at ``;``, ``&&``, ``||``, ``|`` and ``&`` (comments dropped)."""
     try:
         words = _words(snippet.text)
     except ValueError as err:              # unbalanced quotes: not shell (e.g. Python in a span)
-        if "colormae " in snippet.text and "-m colormae" in snippet.text:
+        if re.search(r"(^|\s)(-m\s+)?colormae\s", snippet.text):
             raise AssertionError(f"{snippet.where}: cannot split {snippet.text!r}: {err}") from err
         return []
-    pieces, piece = [], []
+    out, piece = [], []
     for word in words:
         if word in SEPARATORS:
-            pieces.append(piece)
+            out.append(piece)
             piece = []
         else:
             piece.append(word)
-    pieces.append(piece)
+    return [p for p in [*out, piece] if p]
+
+
+def commands_in(snippet: Snippet) -> list[list[str]]:
+    """Argument lists of the colormae commands in a snippet (placeholders substituted)."""
     out = []
-    for piece in pieces:
+    for piece in pieces(snippet):
         for i, word in enumerate(piece):
             if word == "colormae" and (i == 0 or piece[i - 1] == "-m"):
                 out.append(_substitute(piece[i + 1:], snippet.where))
@@ -160,7 +172,7 @@ COMMANDS = all_commands()
 
 
 def test_the_docs_hold_commands():
-    """Guards the extraction itself: the README's command table and the paper-scale rows are found."""
+    """Guards the extraction itself: every command of ``colormae --help`` is used somewhere."""
     assert len(COMMANDS) > 40, COMMANDS
     found = {argv[0] for _, argv in COMMANDS if argv}
     assert set(cli.COMMANDS) <= found, set(cli.COMMANDS) - found
@@ -214,14 +226,64 @@ def test_a_bad_flag_fails(capsys):
     assert "unrecognized arguments: false" in capsys.readouterr().err
 
 
+def _other_commands(program: str) -> list[tuple[str, list[str]]]:
+    """(where, words) of the pieces whose program (after ``python``/``python3``/``bash``) matches the
+    regular expression ``program``."""
+    out = []
+    for path in DOCS:
+        for snip in snippets(path):
+            for piece in pieces(snip):
+                words = piece[1:] if piece[0] in ("python", "python3", "bash") else piece
+                if words and re.fullmatch(program, words[0]):
+                    out.append((snip.where, words))
+    return out
+
+
+def _notebook_parameters(notebook: Path) -> set[str]:
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    source = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    return {t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for t in node.targets if isinstance(t, ast.Name)}
+
+
+PAPERMILL = _other_commands("papermill")
+
+
+@pytest.mark.parametrize("where,words", PAPERMILL, ids=[w for w, _ in PAPERMILL])
+def test_papermill_parameters_exist(where, words):
+    """``papermill notebooks/X.ipynb out.ipynb -p name value``: X exists and has a parameter ``name``
+    (``NAME.ipynb`` is the placeholder of the generic form and is skipped)."""
+    notebook = words[1]
+    if "NAME" in notebook:
+        return
+    assert (ROOT / notebook).is_file(), f"{where}: no {notebook}"
+    names = [words[i + 1] for i, w in enumerate(words) if w in ("-p", "--parameters")]
+    unknown = set(names) - _notebook_parameters(ROOT / notebook)
+    assert not unknown, f"{where}: {notebook} has no parameter(s) {sorted(unknown)}"
+
+
+BENCHMARKS = _other_commands(r"benchmarks/\w+\.(py|sh)")
+
+
+@pytest.mark.parametrize("where,words", BENCHMARKS, ids=[f"{w}:{' '.join(a)[:40]}" for w, a in BENCHMARKS])
+def test_benchmark_flags_exist(where, words):
+    """A ``benchmarks/`` script named in the docs exists, and each ``--flag`` given to it is one it defines."""
+    script = ROOT / words[0]
+    assert script.is_file(), f"{where}: no {words[0]}"
+    source = script.read_text(encoding="utf-8")
+    flags = [w.split("=")[0] for w in _substitute(words[1:], where) if w.startswith("--")]
+    unknown = [f for f in flags if f'"{f}"' not in source]
+    assert not unknown, f"{where}: {words[0]} defines no {unknown}"
+
+
 REMOVED_ENTRY = re.compile(r"-m\s+colormae\.\w")
 
 
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_removed_entry_points(path):
     bad = [f"{no}: {line.strip()}" for no, line in _lines_outside_what_changed(path) if REMOVED_ENTRY.search(line)]
-    assert not bad, f"{path.relative_to(ROOT)} still names `python -m colormae.<module>` (now `colormae <command>`):\n" \
-        + "\n".join(bad)
+    where = path.relative_to(ROOT)
+    assert not bad, f"{where} still names `python -m colormae.<module>` (now `colormae <command>`):\n" + "\n".join(bad)
 
 
 def _resolves(dotted: str) -> bool:
@@ -294,3 +356,13 @@ def test_readme_links_to_the_docs():
     listed = {(ROOT / "docs" / t.partition("#")[0]).resolve() for t in LINK.findall(index)}
     unlisted = [p.name for p in (ROOT / "docs").glob("*.md") if p.name != "README.md" and p.resolve() not in listed]
     assert not unlisted, f"docs/README.md does not list {unlisted}"
+
+
+def test_readme_python_snippets_run():
+    """The README's ```python blocks ("Color masks in your own MAE") run as written (on the CPU here)."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    assert blocks
+    for block in blocks:
+        namespace: dict = {}
+        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert tuple(namespace["x_visible"].shape) == (8, 49, 768)

@@ -15,7 +15,8 @@ def tiny_grid(tmp_path_factory):
     out = tmp_path_factory.mktemp("grid")
     args = ["cifar10-minirepro", "--out", str(out), "--masks", "random", "green", "--seeds", "0", "1",
             "--epochs", "1", "--preset", "mae_vit_micro_patch4_32", "--dataset", "embedded",
-            "--dataset-length", "64", "--batch-size", "32", "--linprobe-epochs", "3", "--eval-length", "128", "--device", "cpu"]
+            "--dataset-length", "64", "--batch-size", "32", "--linprobe-epochs", "3", "--eval-length", "128",
+            "--device", "cpu"]
     experiments.main(args)
     return out, args
 

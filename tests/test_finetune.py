@@ -12,26 +12,19 @@ from colormae.engines import finetune as ft
 from colormae.engines.frozen import evaluate_frozen, extract_features, knn_classify, linear_probe
 from colormae.engines.finetune import FinetuneConfig, build_finetune_model
 from colormae.models.mae import export_encoder, mae_model
-from colormae.engines.pretrain import PretrainConfig
-from colormae.engines.pretrain import run as pretrain
 from colormae.files import load_checkpoint
 from colormae.run.artifacts import load_encoder
 from colormae.run.rundir import read_metrics
-from conftest import run_one_and_two_processes
-
-MICRO = "mae_vit_micro_patch4_32"
+from conftest import MICRO, run_one_and_two_processes
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A finished micro pretraining run (encoder.pth + checkpoint-last.pth), in a few seconds."""
-    out = tmp_path_factory.mktemp("pretrain")
-    pretrain(PretrainConfig(preset=MICRO, dataset="embedded", dataset_length=64, epochs=1, batch_size=32,
-                         amp="none", output_dir=str(out), seed=0))
-    return out
+def run_dir(micro_run):
+    """A finished micro pretraining run (encoder.pth + checkpoint-last.pth; conftest.micro_run)."""
+    return micro_run()
 
 
 def clusters(n_per_class: int, num_classes: int, dim: int = 16, spread: float = 0.1, seed: int = 0):

@@ -1,5 +1,6 @@
 """Notebook parameters -> engine configs and CLI arguments, and the launcher's checks."""
 import pytest
+from conftest import MICRO
 
 from colormae.engines.launch import notebook_params, parse_engine_args, run_engine
 from colormae.engines.pretrain import PretrainConfig
@@ -30,7 +31,7 @@ def test_run_engine_rejects_bad_arguments():
 
 
 def test_run_engine_in_process(tmp_path):
-    summary = run_engine("pretrain", {"preset": "mae_vit_micro_patch4_32", "dataset_length": 32, "batch_size": 16,
+    summary = run_engine("pretrain", {"preset": MICRO, "dataset_length": 32, "batch_size": 16,
                                       "epochs": 1, "amp": "none", "output_dir": str(tmp_path)})
     assert summary["steps"] == 2 and (tmp_path / "summary.json").exists()
 
@@ -50,7 +51,7 @@ def test_only_the_notebooks_default_encoder_is_pretrained_when_missing(tmp_path)
     assert not (tmp_path / "typo_run").exists()  # a typo never turns into a freshly trained model
     with pytest.raises(FileNotFoundError, match="has no encoder.pth: run notebook 01"):
         pretrained_encoder(str(default), default=str(default), pretrain_if_missing=False)
-    micro = {"preset": "mae_vit_micro_patch4_32", "dataset_length": 32, "batch_size": 16, "epochs": 1, "amp": "none"}
+    micro = {"preset": MICRO, "dataset_length": 32, "batch_size": 16, "epochs": 1, "amp": "none"}
     assert pretrained_encoder(str(default), default=str(default), pretrain_params=micro) == str(default)
     assert (default / "encoder.pth").exists()
     stamp = (default / "encoder.pth").stat().st_mtime_ns

@@ -3,33 +3,39 @@ reproduce their stored output), with tiny papermill parameters where the default
 
 Stored outputs come from the default (full) runs, so the numbers of a tiny run cannot be checked
 against them; instead each tiny run's numbers (from the files the notebook writes) are pinned in
-``PINNED``, to a tolerance that survives BLAS differences between machines."""
+``PINNED``, to a tolerance that survives BLAS differences between machines. The pins are fp32 numbers: every
+tiny run of a notebook with an ``amp`` parameter passes ``amp="none"`` (``auto`` resolves to bf16 on
+CUDA and on CPUs with native bf16), and each pinned summary must record that precision."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import papermill
 import pytest
+from conftest import MICRO
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 
 # Parameters that make a notebook finish in well under a minute on 2 CPU cores. The output dir is
-# added by the test so nothing lands in the repository.
+# added by the test so nothing lands in the repository. Notebooks with an ``amp`` parameter run in
+# fp32 ("none"): the pinned numbers are fp32 numbers (test_tiny_runs_are_fp32).
 TINY: dict[str, dict] = {
     "00_color_noise.ipynb": {},
-    "01_pretrain.ipynb": {"preset": "mae_vit_micro_patch4_32", "dataset_length": 128, "epochs": 1,
-                          "batch_size": 32, "n_show": 4},
+    "01_pretrain.ipynb": {"preset": MICRO, "dataset_length": 128, "epochs": 1, "batch_size": 32, "n_show": 4,
+                          "amp": "none"},
     "02_finetune.ipynb": {"epochs": 1, "batch_size": 16, "train_length": 64, "test_length": 32,
-                          "encoder": "{tmp}/encoder_run"},
+                          "encoder": "{tmp}/encoder_run", "amp": "none"},
     # renders the committed grid results (seconds); nbval runs the kernel beside the prepared copy
     "03_table1_cifar10.ipynb": {"grid_dir": str(ROOT / "results" / "cifar10_grid16"),
                                 "minirepro_dir": str(ROOT / "results" / "cifar10_minirepro")},
     "04_segmentation.ipynb": {"encoder": "{tmp}/encoder_run", "iterations": 2, "batch_size": 4, "crop_size": 32,
-                              "head_channels": 16, "train_length": 8, "test_length": 2, "n_show": 2},
+                              "head_channels": 16, "train_length": 8, "test_length": 2, "n_show": 2, "amp": "none"},
     "07_reconstructions_attention.ipynb": {"grid_dir": "{tmp}/grid", "masks": ["green", "random"], "n_show": 3,
                                            "n_eval": 16, "n_attention": 2, "n_pennfudan": 4, "attention_seeds": [0],
                                            "finetune_dirs": {}, "fig_dir": "{tmp}/out"},
@@ -70,25 +76,21 @@ def missing_data(names) -> list[str]:
     return [n for n in names if not (DATA / n).is_dir()]
 
 
-def _micro_encoder(tmp_path: Path) -> None:
-    from colormae.engines.pretrain import PretrainConfig, run
-    run(PretrainConfig(preset="mae_vit_micro_patch4_32", epochs=1, dataset_length=64, batch_size=32, amp="none",
-                       output_dir=str(tmp_path / "encoder_run"), device="cpu"))
+def _micro_encoder(tmp_path: Path, micro_run) -> None:
+    """The micro green run (conftest.micro_run) as notebook 02's / 04's encoder."""
+    shutil.copytree(micro_run(), tmp_path / "encoder_run")
 
 
-def _micro_grid(tmp_path: Path) -> None:
+def _micro_grid(tmp_path: Path, micro_run) -> None:
     """Two norm-pix micro runs shaped like the 16x16 grid's seed-0 runs (notebook 07's models)."""
-    from colormae.engines.pretrain import PretrainConfig, run
     for mask in ("random", "green"):
-        run(PretrainConfig(preset="mae_vit_micro_patch4_32", norm_pix_loss=True, mask=mask, epochs=1,
-                           dataset_length=64, batch_size=32, amp="none", device="cpu",
-                           output_dir=str(tmp_path / "grid" / "runs" / f"{mask}_seed0")))
+        shutil.copytree(micro_run(mask, norm_pix_loss=True), tmp_path / "grid" / "runs" / f"{mask}_seed0")
 
 
 # what a notebook needs to exist before it runs (a pretrained encoder for notebooks 02 and 04)
-def _detection_setup(tmp_path: Path) -> None:
+def _detection_setup(tmp_path: Path, micro_run) -> None:
     from test_detect import notebook_setup  # two micro encoders and a synthetic COCO folder
-    notebook_setup(tmp_path)
+    notebook_setup(tmp_path, micro_run)
 
 
 SETUP = {"02_finetune.ipynb": _micro_encoder, "04_segmentation.ipynb": _micro_encoder,
@@ -105,11 +107,11 @@ def _with_tmp(value, tmp_path: Path):
     return value
 
 
-def run_nbval(notebook: str, tmp_path: Path) -> None:
+def run_nbval(notebook: str, tmp_path: Path, micro_run) -> None:
     if missing_data(NEEDS_DATA.get(notebook, ())):
         pytest.skip(f"{notebook} needs {', '.join(missing_data(NEEDS_DATA[notebook]))} under {DATA}")
     if notebook in SETUP:
-        SETUP[notebook](tmp_path)
+        SETUP[notebook](tmp_path, micro_run)
     src = NOTEBOOKS / notebook
     prepared = tmp_path / notebook
     params = {**TINY[notebook], OUTPUT_PARAM.get(notebook, "output_dir"): "{tmp}/out"}
@@ -131,16 +133,31 @@ def _get(record: dict, dotted: str):
 
 
 def check_pinned(notebook: str, out: Path) -> None:
-    import json
     for name, keys in PINNED.get(notebook, {}).items():
         record = json.loads((out / name).read_text())
+        if name.endswith("summary.json"):  # an engine's run: the resolved precision it trained in
+            assert record.get("amp") == "none", (f"{notebook}: {name} ran with amp={record.get('amp')!r}; the pins "
+                                                 "are fp32 numbers: pass amp='none' in TINY")
         for key, expected in keys.items():
             got = _get(record, key)
             assert got == pytest.approx(expected, rel=PIN_RTOL), f"{notebook}: {name} {key} = {got}, pinned {expected}"
 
 
+def parameters_source(notebook: str) -> str:
+    cells = json.loads((NOTEBOOKS / notebook).read_text())["cells"]
+    return "".join(next(c["source"] for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])))
+
+
+def test_tiny_runs_are_fp32():
+    """A notebook with an ``amp`` parameter defaults to "auto" (bf16 on CUDA and on CPUs with native
+    bf16): its tiny run must pin fp32, or the pins break on such machines."""
+    with_amp = [nb for nb in sorted(TINY) if any(line.split("=")[0].strip() == "amp"
+                                                 for line in parameters_source(nb).splitlines() if "=" in line)]
+    assert with_amp, "no notebook has an amp parameter: the check below checks nothing"
+    assert [nb for nb in with_amp if TINY[nb].get("amp") != "none"] == []
+
+
 def test_every_notebook_is_tested_and_parameterized():
-    import json
     found = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert found == sorted(TINY)
     for name in found:
@@ -149,5 +166,5 @@ def test_every_notebook_is_tested_and_parameterized():
 
 
 @pytest.mark.parametrize("notebook", sorted(TINY))
-def test_notebook_under_nbval(notebook, tmp_path):
-    run_nbval(notebook, tmp_path)
+def test_notebook_under_nbval(notebook, tmp_path, micro_run):
+    run_nbval(notebook, tmp_path, micro_run)

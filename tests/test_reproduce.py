@@ -193,3 +193,8 @@ def test_a_failing_notebook_does_not_stop_the_others(tmp_path, monkeypatch, caps
         reproduce.main(["--notebooks", "07", "08"])
     assert e.value.code == 1 and len(ran) == 2
     assert "notebooks/07_reconstructions_attention.ipynb: FileNotFoundError: no model" in capsys.readouterr().out
+
+
+def test_run_experiments_names_only_grids_that_exist():
+    from colormae.experiments.grids import DENSE, GRIDS
+    assert set(reproduce.EXPERIMENTS) <= set(GRIDS) | set(DENSE)

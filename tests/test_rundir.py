@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+from conftest import MICRO
 
 from colormae.run import scaffold as engine
 from colormae.engines import finetune, pretrain
@@ -19,8 +20,6 @@ from colormae.run.config import build_parser
 from colormae.models.mae import MaskedAutoencoder
 from colormae.files import DiskFullError, load_checkpoint
 from colormae.run.rundir import RunDir, RunInUseError, read_metrics
-
-MICRO = "mae_vit_micro_patch4_32"
 
 
 def pre_cfg(out, **kw) -> pretrain.PretrainConfig:
@@ -36,10 +35,8 @@ def ft_cfg(encoder, out, **kw) -> finetune.FinetuneConfig:
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("encoder")
-    pretrain.run(pre_cfg(out, epochs=1))
-    return out
+def encoder(micro_run):
+    return micro_run()  # conftest: a finished micro pretraining run
 
 
 def losses(out):

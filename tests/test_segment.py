@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import MICRO
 from PIL import Image
 from test_dense_data import make_pennfudan
 
@@ -18,9 +19,6 @@ from colormae.models.backbone import FeaturePyramid, ViTFeatures, feature_blocks
 from colormae.models.mae import untrained_encoder
 from colormae.models.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 from colormae.run.rundir import read_metrics
-
-MICRO = "mae_vit_micro_patch4_32"
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 
@@ -39,7 +37,8 @@ def pennfudan(tmp_path_factory):
 
 
 def tiny_cfg(encoder, pennfudan, out, **kw):
-    base = dict(encoder=str(encoder) if encoder else None, recipe="cpu", data_root=str(pennfudan), crop_size=32, test_scale=32,
+    base = dict(encoder=str(encoder) if encoder else None, recipe="cpu", data_root=str(pennfudan), crop_size=32,
+                test_scale=32,
                 slide_stride=16, iterations=6, batch_size=4, warmup_iters=2, head_channels=16, test_length=4,
                 output_dir=str(out), device="cpu", amp="none", log_every=1)
     return seg.SegmentConfig(**{**base, **kw})
@@ -173,7 +172,8 @@ def test_layer_decay_groups(encoder):
     assert scale[id(named["backbone.vit.patch_embed.proj.weight"])] == pytest.approx(0.65 ** (depth + 1))
     assert scale[id(named["backbone.vit.blocks.1.mlp.fc1.weight"])] == pytest.approx(0.65)
     assert scale[id(named["decode_head.classifier.weight"])] == 1.0 and scale[id(named["neck.ops.0.0.weight"])] == 1.0
-    assert decay[id(named["backbone.vit.pos_embed"])] == 0 and decay[id(named["backbone.vit.blocks.0.norm1.weight"])] == 0
+    assert decay[id(named["backbone.vit.pos_embed"])] == 0
+    assert decay[id(named["backbone.vit.blocks.0.norm1.weight"])] == 0
     assert decay[id(named["backbone.vit.blocks.0.attn.qkv.weight"])] == 0.05
     assert seg.lr_factor(0, replace_cfg(cfg, iterations=100, warmup_iters=10)) == pytest.approx(1e-6)
     assert seg.lr_factor(10, replace_cfg(cfg, iterations=100, warmup_iters=10)) == 1.0
@@ -218,7 +218,8 @@ def make_folder(root, n=3, *, num_classes=3, bad_value=None, drop_mask=None, bad
         (root / "masks" / split).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             name = f"{split}{i}"
-            Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).save(root / "images" / split / f"{name}.jpg")
+            pixels = rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / "images" / split / f"{name}.jpg")
             mask = rng.integers(0, num_classes, (24, 32)).astype(np.uint8)
             if name == bad_value:
                 mask[0, 0] = num_classes

@@ -372,11 +372,14 @@ def plot_grid_reconstructions(models: dict[str, MaskedAutoencoder], heldout: str
     from ..data.datasets import sample_images
     img_size = next(iter(models.values())).cfg.img_size
     title = "{}: each mask's model under its own mask, 75 % masked (norm-pix, de-normalized)"
-    sets = {"fig3_reconstructions": heldout, **({"fig3_reconstructions_photos": "embedded"}
-                                                if heldout != "embedded" else {})}
-    return {name: plot_image_rows(reconstruction_rows(models, sample_images(ds, data_root if ds == heldout else None,
-                                                                            "test", img_size, n), seed),
-                                  title=title.format(HELDOUT_NAMES[ds])) for name, ds in sets.items()}
+    sets = {"fig3_reconstructions": (heldout, data_root)}
+    if heldout != "embedded":
+        sets["fig3_reconstructions_photos"] = ("embedded", None)
+    figs = {}
+    for name, (ds, root) in sets.items():
+        rows = reconstruction_rows(models, sample_images(ds, root, "test", img_size, n), seed)
+        figs[name] = plot_image_rows(rows, title=title.format(HELDOUT_NAMES[ds]))
+    return figs
 
 
 def masked_patch_mse(models: dict[str, MaskedAutoencoder], imgs: torch.Tensor, seed: int,

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -202,7 +201,8 @@ def band_sweep_plot_data(rows: pd.DataFrame, grid_table: pd.DataFrame,
     s1, s2 = results.default_green_band()
     default = summary[(summary["sigma1"] == s1) & (summary["sigma2"] == s2)]
     runs = grid_table[(grid_table["mask"] == "random") & grid_table["seed"].isin(common)] if len(grid_table) else []
-    return BandSweepPlot(common=common, at_common=results.band_sweep_summary(rows, metrics=tuple(metrics), seeds=common),
+    at_common = results.band_sweep_summary(rows, metrics=tuple(metrics), seeds=common)
+    return BandSweepPlot(common=common, at_common=at_common,
                          default=default.iloc[0] if len(default) and default["n"].iloc[0] > 1 else None,
                          random={m: float(runs[m].mean()) for m in metrics} if len(runs) else {},
                          has_results=not summary.empty)
@@ -231,8 +231,8 @@ def band_sweep_figure(data: BandSweepPlot, mask_table: pd.DataFrame, examples: d
         if not data.has_results:
             ax.text(0.5, 0.5, "no results yet", transform=ax.transAxes, ha="center")
         ax.set_ylabel("top-1 % (10k test images)")
-        ax.set_title(results.METRIC_LABELS[metric] + ("" if sweep_found else "\n(sweep not run yet: default band only)"),
-                     fontsize=10)
+        absent = "" if sweep_found else "\n(sweep not run yet: default band only)"
+        ax.set_title(results.METRIC_LABELS[metric] + absent, fontsize=10)
     ax_cl.plot(mask_table["band_centre"], mask_table["cluster_size"], marker="o", color=green, label="green bands")
     ax_cl.axhline(random_cluster, color="0.35", ls="--", lw=1, label="random masks")
     ax_cl.set_yscale("log")
@@ -318,7 +318,9 @@ def table4_display(table4: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
         return table4
     t = table4.reset_index().set_index(["device", *_KEY])
     t = t.dropna(axis=1, how="all")
-    return t.map(lambda v: "—" if v is None or v != v else f"{v:.{digits}g}")
+    def fmt(v) -> str:
+        return "—" if v is None or v != v else f"{v:.{digits}g}"
+    return t.apply(lambda col: col.map(fmt))  # Series.map: DataFrame.map needs pandas 2.1
 
 
 def table4_figure(table4: pd.DataFrame) -> Figure:
@@ -354,8 +356,9 @@ def table4_figure(table4: pd.DataFrame) -> Figure:
             axes[1, j].set_axis_off()
         for ax in axes[:, j]:
             ax.tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"Table 4 at our scale (hatched: bank; paper ViT-B: memory +{paper_tables.PAPER_BANK_MEMORY_INCREASE:.1%}"
-                 " with the bank, same params and FLOPs)", fontsize=9)
+    bank = paper_tables.PAPER_BANK_MEMORY_INCREASE
+    fig.suptitle(f"Table 4 at our scale (hatched: bank; paper ViT-B: memory +{bank:.1%} with the bank, "
+                 "same params and FLOPs)", fontsize=9)
     return fig
 
 

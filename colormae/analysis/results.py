@@ -1,6 +1,7 @@
 """Reading experiment outputs back: grid tables, per-mask summaries, paired confidence intervals and
 what they resolve (in words), loss curves and the band sweep's plot data. The paper's own numbers
-live in ``colormae.analysis.paper_tables`` (re-exported here for Table 1: ``paper_table1``).
+live in ``colormae.analysis.paper_tables``; what the notebooks display of all this, in
+``colormae.analysis.report``.
 
 Statistics: runs of one seed share model init, data order and augmentation, so two masks are
 compared by their PAIRED per-seed differences, with a t interval over the seeds both have."""
@@ -12,19 +13,15 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from ..run.rundir import read_metrics
 from ..masks.maskers import make_masker
-from ..models.mae import CONTROL
 from ..masks.noise import DEFAULT_PARAMS
-from ..masks.schedule import band_centre
-from ..masks.schedule import parse_mask_params
+from ..masks.schedule import band_centre, parse_mask_params
 from ..masks.stats import mask_statistics
+from ..models.mae import CONTROL
+from ..run.rundir import read_metrics
 from .paper_tables import MASK_ORDER
 
 METRIC_LABELS = {"knn_top1": "kNN top-1", "linprobe_top1": "linear probe top-1", "finetune_top1": "fine-tuned top-1"}
-
-
-
 
 
 def load_grid_table(out: str | Path, missing_ok: bool = False) -> pd.DataFrame:

@@ -219,7 +219,8 @@ class SegmentationData(torch.utils.data.Dataset):
             image, mask = decode_pair(str(image), image, mask_name, mask)
         label = torch.as_tensor(self.label_fn(mask) if self.label_fn else mask, dtype=torch.int64)
         check_labels(label, self.num_classes, mask_name)
-        img = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) if isinstance(image, np.ndarray) else image
+        img = (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) if isinstance(image, np.ndarray)
+               else image)
         return name, img, label
 
 

@@ -1,9 +1,9 @@
 """Input pipeline for datasets that fit in memory: decode once, augment whole batches on the device.
 
-The per-file pipeline (``colormae.data.datasets``: PIL decode + PIL transforms in DataLoader workers) costs
-about half of every CPU experiment on a 2-core machine: the worker competes with the model for the
-cores. Here a small dataset (CIFAR-10: 50k x 3 x 32 x 32 uint8 = 150 MB; the embedded photos) is
-decoded ONCE into a uint8 tensor, cached on disk, and MAE's augmentation runs on the batch::
+The per-file pipeline (``colormae.data.datasets``: PIL decode + PIL transforms in DataLoader workers)
+makes its workers compete with the model for a small machine's cores. Here a small dataset
+(CIFAR-10: 50k x 3 x 32 x 32 uint8 = 150 MB; the embedded photos) is decoded ONCE into a uint8
+tensor, cached on disk, and MAE's augmentation runs on the batch::
 
     images = decode_to_memory("cifar10", None, "train")                  # cached after the first call
     loader = BatchedLoader(images, GlobalBatchSampler(...), TrainAugment(32), device)
@@ -12,27 +12,22 @@ decoded ONCE into a uint8 tensor, cached on disk, and MAE's augmentation runs on
 Random parameters. Every sample's crop box and flip are drawn exactly as torchvision draws them
 (``RandomResizedCrop.get_params``, 10 tries then center-crop fallback, then ``torch.rand(1) < 0.5``)
 from a generator seeded with that sample's seed (``runtime.sample_seed``, yielded by
-``runtime.GlobalBatchSampler``). That is the very stream ``runtime.SeededSamples`` gives the per-file
-path, so the two pipelines crop the same boxes; outputs depend on nothing but (image, seed): runs are
-deterministic, N DDP ranks equal one process, and mid-epoch resume is bit-exact with no state saved.
+``data.samplers.GlobalBatchSampler``). That is the very stream ``data.samplers.SeededSamples`` gives the
+per-file path, so the two pipelines crop the same boxes; outputs depend on nothing but (image, seed):
+runs are deterministic, N DDP ranks equal one process, and mid-epoch resume is bit-exact with no state
+saved.
 
-Resampling: measured on the 2-core CPU (AVX2 EPYC, under load), batch 128, 32 px, one thread (mean
-|diff| in grey levels vs PIL on uniform-noise images, the harshest case): ``F.grid_sample`` bicubic
-with per-sample affine grids 12 ms (4.8: torch's bicubic a=-0.75 vs PIL's a=-0.5), per-sample
-``F.interpolate(antialias=True)`` on the integer crop 17 ms (0.36: PIL's kernel), torchvision v2
-``resized_crop`` per sample on uint8 34 ms (0.003), ``roi_align`` 22 ms (15: bilinear box averaging),
-PIL itself 31 ms. We use ``grid_sample``: one call for the whole batch (one kernel on GPU) and the
-fastest; it has no antialiasing, so a crop that must be *shrunk* (ImageNet-size images) goes through
-the per-sample antialiased interpolate instead. On CIFAR-10 at 32 px every crop is enlarged, so the
-batched path takes all of them. The kernel difference is small on image-like content: 0.014 normalized
-units mean |diff| per pixel vs the PIL path with the same seeds (0.005 for shrunk crops), channel
-means within 1e-3 and stds within 0.3 % (tests/test_inmemory.py). Drawing the parameters costs ~3.6 ms
-per 128 samples (Python loop).
+Resampling: ``F.grid_sample`` (bicubic, per-sample affine grids), one call for the whole batch (one
+kernel on GPU). It has no antialiasing, so a crop that must be *shrunk* (ImageNet-size images) goes
+through a per-sample antialiased ``F.interpolate`` instead; on CIFAR-10 at 32 px every crop is
+enlarged, so the batched path takes all of them. Torch's bicubic kernel (a=-0.75) is not PIL's
+(a=-0.5), so pixels differ slightly from the per-file path with the same seeds (the bounds are tested
+in tests/test_inmemory.py; the resamplers compared and their timings: docs/design.md).
 
-GPU decode (``pipeline="gpu-decode"``, ``GpuDecodeLoader``): workers only read JPEG bytes; decoding
-is ``torchvision.io.decode_jpeg(list, device=...)`` batched on the device, then the same augmentation.
-Behind a flag: so far it has run on CPU only (tests), not on a real GPU. torchvision 0.29 deprecates
-its image decoders in favour of TorchCodec (a DeprecationWarning); they still work.
+GPU decode (``pipeline="gpu-decode"``, ``GpuDecodeLoader``, experimental): workers only read JPEG
+bytes; decoding is ``torchvision.io.decode_jpeg(list, device=...)`` batched on the device, then the
+same augmentation. torchvision 0.29 deprecates its image decoders in favour of TorchCodec (a
+DeprecationWarning); they still work.
 
 Cache: with DDP on a cold cache every rank decodes (safe: writes are atomic, the last rename wins);
 let rank 0 call ``decode_to_memory`` first, then barrier, to decode once.

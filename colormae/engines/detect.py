@@ -33,8 +33,7 @@ from ..run.artifacts import load_encoder
 from ..run.config import EngineConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST, RunDir
 from ..run.scaffold import start_run
-from ..runtime import Timer, autocast, grad_scaler, wrap_ddp
-from .finetune import _seed_step
+from ..runtime import Timer, autocast, grad_scaler, seed_step, wrap_ddp
 
 log = logging.getLogger(__name__)
 DATA = ("pennfudan", "coco")
@@ -45,7 +44,7 @@ MEAN_PIXEL = (124, 116, 104)  # crops are padded with the mean colour: 0 after n
 @dataclass
 class DetectConfig(EngineConfig):
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
-                               path=True)
+                               input="pretrain")
     data: str = knob("coco", "detection data: coco (<data-root>/{split}/, annotations/instances_{split}.json) or "
                      "pennfudan (1 class; fixed split); --dataset belongs to the classification engines",
                      choices=DATA, group="data")
@@ -248,7 +247,7 @@ def run(cfg: DetectConfig) -> dict:
             model.train()
             for images, targets in loader:
                 images, targets = _to_device(images, targets, device)
-                _seed_step(cfg.seed, step, info.rank)  # drop path, proposal sampling
+                seed_step(cfg.seed, step, info.rank)  # drop path, proposal sampling
                 with autocast(cfg.amp, device):
                     losses = ddp_model(images, targets)
                 loss = sum(losses.values())

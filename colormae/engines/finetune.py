@@ -25,12 +25,10 @@ MAE's linear probe (effective batch 16384 on 8 GPUs)::
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -47,7 +45,7 @@ from ..models.mae import timm_vit_from_export
 from ..run.artifacts import load_encoder
 from ..run.config import EngineConfig, check_choice, check_positive, knob
 from ..run.scaffold import cosine_schedule, start_run
-from ..runtime import DistInfo, Timer, autocast, grad_scaler, wrap_ddp
+from ..runtime import DistInfo, Timer, autocast, grad_scaler, seed_step, wrap_ddp
 from .frozen import (
     POOLS,
     LinearProbe,
@@ -74,7 +72,7 @@ PROTOCOL_DEFAULTS = {
 @dataclass
 class FinetuneConfig(EngineConfig):
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
-                               path=True)
+                               input="pretrain")
     protocol: str = knob("finetune", "finetune, linprobe (MAE's, GPUs), linprobe-cached (fast, CPU) or knn",
                          choices=PROTOCOLS, group="evaluation")
     num_classes: int | None = knob(None, "optional check against the dataset", group="model")
@@ -188,15 +186,6 @@ def build_linprobe_model(export: dict, num_classes: int) -> tuple[nn.Module, obj
     return model, result
 
 
-def _seed_step(seed: int, step: int, rank: int) -> None:
-    """Seed drop path and mixup from (seed, step, rank) alone: exact resume however many workers,
-    evaluation loaders or RNG consumers ran before this step."""
-    s = (seed * 1_000_003 + step * 7_919 + rank * 104_729 + 17) % (2 ** 31 - 1)
-    torch.manual_seed(s)
-    np.random.seed(s)
-    random.seed(s)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset, *, batch_size: int, device: torch.device, amp: str = "none",
              info: DistInfo | None = None, num_workers: int = 0) -> dict:
@@ -295,7 +284,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             model.train()
             for imgs, targets in loader:
                 imgs, targets = imgs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                _seed_step(cfg.seed, step, info.rank)
+                seed_step(cfg.seed, step, info.rank)
                 if mixup is not None:
                     imgs, targets = mixup(imgs, targets)
                 with autocast(cfg.amp, device):

@@ -14,7 +14,7 @@ import sys
 from types import ModuleType
 from typing import Any, Mapping, Sequence
 
-from ..files import project_path
+from ..files import project_path, repo_relative
 from ..run.config import config_from_args, config_from_params, pick_params, to_argv
 from ..run.rundir import ENCODER, RunDir
 from ..run.scaffold import cli_main
@@ -83,7 +83,7 @@ def pretrained_encoder(encoder: str, *, default: str, pretrain_if_missing: bool 
         raise FileNotFoundError(f"encoder {path} has no {ENCODER}: run notebook 01 (papermill "
                                 "notebooks/01_pretrain.ipynb out.ipynb) or set pretrain_if_missing=True")
     log.warning("%s has no %s (weights are not committed): running notebook 01's default pretraining there",
-                path, ENCODER)
+                repo_relative(path), ENCODER)
     run_engine("pretrain", {"output_dir": str(path), "resume": "auto", **(pretrain_params or {})})
     return str(path)
 
@@ -96,3 +96,15 @@ def run_engine_per_encoder(engine: str, params: Mapping[str, Any], encoders: Map
     return {label: run_engine(engine, {**params, "encoder": str(path), "output_dir": f"{output_dir}/{label}"},
                               nproc=nproc)
             for label, path in encoders.items()}
+
+
+def pretrained_encoders(encoders: Mapping[str, str], *, default: str = "results/pretrain/embedded_{label}",
+                        pretrain_if_missing: bool = True, pretrain_params: Mapping[str, Any] | None = None
+                        ) -> dict[str, str]:
+    """``pretrained_encoder`` for each (label -> encoder) of ``encoders``; the default of a label is
+    ``default`` formatted with it, and its pretraining (when missing) uses ``pretrain_params`` with
+    the mask set to the label (``encoders = {"random": ..., "green": ...}``: notebook 01's run
+    with that mask)."""
+    return {label: pretrained_encoder(enc, default=default.format(label=label), pretrain_if_missing=pretrain_if_missing,
+                                      pretrain_params={**(pretrain_params or {}), "mask": label})
+            for label, enc in encoders.items()}

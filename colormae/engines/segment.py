@@ -49,7 +49,7 @@ from ..run.artifacts import load_encoder
 from ..run.config import EngineConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST
 from ..run.scaffold import start_run
-from ..runtime import DistInfo, autocast, grad_scaler, wrap_ddp
+from ..runtime import DistInfo, autocast, grad_scaler, seed_step, wrap_ddp
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ WARMUP_START = 1e-6  # mmseg's LinearLR start_factor
 @dataclass
 class SegmentConfig(EngineConfig):
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
-                               path=True)
+                               input="pretrain")
     recipe: str = knob("paper", "fills the knobs left unset: 'paper' (ADE20K, GPUs) or 'cpu' (Penn-Fudan)",
                        choices=tuple(RECIPES), group="optimization")
     data: str | None = knob(None, "pennfudan (2 classes, fixed split), ade20k (ADEChallengeData2016 layout) or "
@@ -193,11 +193,6 @@ def evaluate(model: UperNetViT, data: SegmentationData, *, test_scale: int, crop
     return {**iou_from_confusion(cm.cpu()), "confusion": cm.cpu().tolist()}
 
 
-def _seed_step(seed: int, step: int, rank: int) -> None:
-    """Drop path and dropout drawn from (seed, step, rank) alone: exact resume."""
-    torch.manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729 + 17) % (2 ** 31 - 1))
-
-
 def run(cfg: SegmentConfig) -> dict:
     """Fine-tune UperNet on ``cfg.encoder``; returns (and writes) the summary with mIoU and per-class IoU."""
     cfg = resolve_defaults(cfg)
@@ -253,7 +248,7 @@ def run(cfg: SegmentConfig) -> dict:
                 imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * lr_factor(step, cfg)
-                _seed_step(cfg.seed, step, info.rank)
+                seed_step(cfg.seed, step, info.rank)
                 with autocast(cfg.amp, device):
                     out, aux = ddp_model(imgs)
                     loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)

@@ -6,8 +6,8 @@
 
 Everything after ``--`` goes to ``colormae pretrain`` (or ``--job finetune|segment|detect``)
 unchanged. Each task exports torch.distributed's variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) and
-calls the same entry point that ``torchrun -m colormae <job>`` would; on preemption or timeout the job requeues itself with
-``--resume auto``, so it continues from ``checkpoint-last.pth``.
+calls the same entry point that ``torchrun -m colormae <job>`` would; on preemption or timeout the
+job requeues itself with ``--resume auto``, so it continues from ``checkpoint-last.pth``.
 
 ``--cluster``: ``slurm`` (default; needs ``sbatch`` and ``srun`` on PATH, otherwise the launcher stops
 with one line, status 2), ``local`` (submitit's local executor: one background process per GPU on

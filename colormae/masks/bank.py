@@ -2,7 +2,8 @@
 
 A bank is kept on the training device and every sample crops its own grid x grid window from it
 (see ``colormae.masks.maskers``). Banks are saved as .npz with their metadata, so a run can record
-exactly which patterns produced its masks.
+exactly which patterns produced its masks. The official ColorMAE banks (``green_noise_data_3072.npz``:
+one unnamed array [N, H, W], highest values kept, windows cropped without wrapping) load too.
 """
 from __future__ import annotations
 
@@ -30,13 +31,17 @@ class NoiseBank:
     params: dict = field(default_factory=dict)
     seed: int = 0
     version: int = BANK_FORMAT_VERSION
+    periodic: bool = True  # windows wrap around (ours); official ColorMAE banks are cropped inside
+    file: str | None = None  # where a loaded bank came from (recorded in run summaries)
 
     @property
     def size(self) -> int:
-        return int(self.patterns.shape[-1])
+        """The side a window may have at most (square banks: the pattern side)."""
+        return int(min(self.patterns.shape[-2:]))
 
     def to(self, device) -> "NoiseBank":
-        return NoiseBank(self.patterns.to(device), self.color, dict(self.params), self.seed, self.version)
+        return NoiseBank(self.patterns.to(device), self.color, dict(self.params), self.seed, self.version,
+                         self.periodic, self.file)
 
 
 def make_noise_bank(color: str, num_patterns: int = 256, size: int = 64, *, seed: int = 0,
@@ -79,18 +84,51 @@ def save_noise_bank(bank: NoiseBank, path: str | os.PathLike) -> Path:
     return atomic_write(path, write)
 
 
-def load_noise_bank(path: str | os.PathLike, device=None) -> NoiseBank:
+def _color_in_name(path: Path) -> str | None:
+    """The color an official bank's file name announces (``noise_colors/green/green_noise_data_3072.npz``)."""
+    found = {c for c in COLORS if c in path.name.lower()}
+    return found.pop() if len(found) == 1 else None
+
+
+def load_noise_bank(path: str | os.PathLike, device=None, *, color: str | None = None) -> NoiseBank:
+    """A bank from ``path`` (.npz): ours (arrays ``patterns`` and ``meta``) or an official ColorMAE bank (one
+    array [N, H, W]; its color from the file name, else ``color``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"noise bank not found: {path}")
-    with np.load(path) as data:
-        if "patterns" not in data or "meta" not in data:
-            raise ValueError(f"{path} is not a ColorMAE noise bank (needs arrays 'patterns' and 'meta')")
-        meta = json.loads(str(data["meta"]))
-        patterns = torch.from_numpy(data["patterns"].astype(np.float32))
+    try:
+        data = np.load(path)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable .npz noise bank ({type(e).__name__}: {e})") from e
+    with data:
+        names = list(data.files)
+        if "patterns" in names and "meta" in names:
+            meta = json.loads(str(data["meta"]))
+            patterns = torch.from_numpy(data["patterns"].astype(np.float32))
+        elif len(names) == 1 and data[names[0]].ndim == 3:
+            return _official_bank(path, data[names[0]], device, color)
+        else:
+            shapes = {n: tuple(data[n].shape) for n in names[:6]}
+            raise ValueError(f"{path} is neither a ColorMAE noise bank of ours (arrays 'patterns' and 'meta') nor "
+                             f"an official ColorMAE bank (one array [N, H, W]); it holds arrays {shapes}")
     if patterns.dim() != 3 or patterns.shape[1] != patterns.shape[2]:
         raise ValueError(f"{path}: patterns must be [N, S, S], got {tuple(patterns.shape)}")
     if meta.get("version", 0) > BANK_FORMAT_VERSION:
         raise ValueError(f"{path}: bank format version {meta['version']} is newer than {BANK_FORMAT_VERSION}")
     return NoiseBank(patterns.to(device) if device else patterns, meta["color"], meta["params"],
-                     meta["seed"], meta["version"])
+                     meta["seed"], meta["version"], file=str(path))
+
+
+def _official_bank(path: Path, array: np.ndarray, device, color: str | None) -> NoiseBank:
+    named = _color_in_name(path)
+    if named and color and named != color:
+        raise ValueError(f"{path}: the file name says {named!r} noise but color={color!r} was asked for")
+    color = named or color
+    if color not in COLORS:
+        raise ValueError(f"{path}: an official ColorMAE bank whose color the file name does not say; pass "
+                         f"color= (allowed values: {', '.join(COLORS)})")
+    if not np.issubdtype(array.dtype, np.number) or min(array.shape) < 1:
+        raise ValueError(f"{path}: the bank array must be numeric [N, H, W], got {array.dtype} {array.shape}")
+    patterns = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
+    return NoiseBank(patterns.to(device) if device else patterns, color, {"method": "official"}, 0,
+                     BANK_FORMAT_VERSION, periodic=False, file=str(path))

@@ -111,6 +111,8 @@ class Masker:
         if self.bank is not None:
             d["bank"] = {"num_patterns": int(self.bank.patterns.shape[0]), "size": self.bank.size,
                          "seed": self.bank.seed, "params": self.bank.params}
+            if self.bank.file is not None:
+                d["bank"]["file"] = self.bank.file
         return d
 
     def scores(self, batch_size: int, *, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
@@ -124,13 +126,15 @@ class Masker:
         elif self.kind == "grid":
             phase = torch.randint(0, 2, (b, 2), generator=generator, device=draw)
             yy = torch.arange(g, device=draw)
-            on = ((yy[None, :, None] % 2) == phase[:, 0, None, None]) & ((yy[None, None, :] % 2) == phase[:, 1, None, None])
+            on = (((yy[None, :, None] % 2) == phase[:, 0, None, None])
+                  & ((yy[None, None, :] % 2) == phase[:, 1, None, None]))
             s = on.flatten(1).float() + 0.5 * torch.rand(b, L, generator=generator, device=draw)
         elif self.kind == "block":
             rng = _numpy_rng(generator)
             masked = np.stack([_block_mask(g, L - self.n_keep, self.params["min_block_patches"], rng,
                                            self.params["min_aspect"]) for _ in range(b)])
-            s = torch.from_numpy(~masked.reshape(b, L)).float().to(draw)  # the fill below is drawn on the generator's device
+            # the fill below is drawn on the generator's device
+            s = torch.from_numpy(~masked.reshape(b, L)).float().to(draw)
             s = s + 0.5 * torch.rand(b, L, generator=generator, device=draw)  # random fill if BEiT fell short
         elif self.source == "online":
             # A window of a bigger periodic canvas (see ``canvas``), so the mask does not wrap around.
@@ -149,13 +153,19 @@ class Masker:
         n, size = patterns.shape[0], patterns.shape[-1]
         draw = _draw_device(generator)
         idx = torch.randint(0, n, (b,), generator=generator, device=draw)
-        offset = torch.randint(0, size, (b, 2), generator=generator, device=draw)
+        if self.bank.periodic:  # a torus offset: every window lies inside the periodic pattern
+            offset = torch.randint(0, size, (b, 2), generator=generator, device=draw)
+        else:  # official banks are not periodic: crop inside, as torchvision's RandomCrop does
+            h, w = patterns.shape[-2:]
+            offset = torch.stack([torch.randint(0, h - self.grid + 1, (b,), generator=generator, device=draw),
+                                  torch.randint(0, w - self.grid + 1, (b,), generator=generator, device=draw)], 1)
         flip = torch.randint(0, 2, (b, 2), generator=generator, device=draw).bool()
         ar = torch.arange(self.grid, device=draw)
         rows = torch.where(flip[:, :1], ar.flip(0), ar) + offset[:, :1]
         cols = torch.where(flip[:, 1:], ar.flip(0), ar) + offset[:, 1:]
         dev = patterns.device
-        idx, rows, cols = idx.to(dev), (rows % size).to(dev), (cols % size).to(dev)
+        rows, cols = rows % patterns.shape[-2], cols % patterns.shape[-1]  # no-op for non-periodic crops
+        idx, rows, cols = idx.to(dev), rows.to(dev), cols.to(dev)
         return patterns[idx[:, None, None], rows[:, :, None], cols[:, None, :]]
 
     def __call__(self, batch_size: int, *, generator: torch.Generator | None = None,
@@ -201,7 +211,8 @@ def make_masker(kind: str, grid: int, mask_ratio: float = 0.75, *, source: str =
     if kind == "block":
         allowed = {"min_block_patches", "min_aspect"}
         if set(params) - allowed:
-            raise ValueError(f"unknown parameter(s) {sorted(set(params) - allowed)} for kind='block'; allowed: {sorted(allowed)}")
+            raise ValueError(f"unknown parameter(s) {sorted(set(params) - allowed)} for kind='block'; "
+                             f"allowed: {sorted(allowed)}")
         # BEiT uses 16 patches minimum on 14x14 (= L / 12); scale that to other grids.
         p = {"min_block_patches": max(1, grid * grid // 12), "min_aspect": 0.3, **params}
         return Masker(kind, grid, mask_ratio, source, p)
@@ -214,7 +225,7 @@ def make_masker(kind: str, grid: int, mask_ratio: float = 0.75, *, source: str =
     if bank is None:
         bank = make_noise_bank(kind, bank_patterns, bank_size, seed=bank_seed, **params)
     elif not isinstance(bank, NoiseBank):
-        bank = load_noise_bank(bank)
+        bank = load_noise_bank(bank, color=kind)  # ours or an official ColorMAE .npz
     if bank.color != kind:
         raise ValueError(f"bank holds {bank.color!r} noise but kind={kind!r}")
     if bank.size < grid:
@@ -234,6 +245,29 @@ def masker_from_description(description: dict, *, device=None) -> Masker:
     kind, params = d["kind"], dict(d.get("params") or {})
     if d.get("source") == "bank":
         b = d["bank"]
+        if b.get("file"):  # a bank read from a file (ours or official): read it again
+            return make_masker(kind, d["grid"], d["mask_ratio"], source="bank", bank=b["file"], device=device)
         return make_masker(kind, d["grid"], d["mask_ratio"], source="bank", bank_patterns=b["num_patterns"],
                            bank_size=b["size"], bank_seed=b["seed"], device=device, **b.get("params", params))
     return make_masker(kind, d["grid"], d["mask_ratio"], source=d.get("source", "online"), device=device, **params)
+
+
+def vitmae_noise(mask) -> torch.Tensor:
+    """The ``noise`` [B, L] for Hugging Face ``ViTMAEForPreTraining(pixel_values, noise=...)`` that makes it keep
+    exactly our visible patches, in our order.
+
+    ``mask``: a masker's ``(mask, ids_keep, ids_restore)`` or a binary [B, L] mask (1 = masked). HF sorts the
+    noise ascending and keeps the lowest ``int(L * (1 - config.mask_ratio))``: the noise is each patch's rank in
+    our keep order (``ids_restore / L``), so HF's ids_keep and ids_restore equal ours. The model's
+    ``config.mask_ratio`` must keep as many patches as the mask does (checked by HF's shapes, not here).
+    """
+    if torch.is_tensor(mask):
+        if mask.dim() != 2:
+            raise ValueError(f"mask must be [B, L] (1 = masked), got shape {tuple(mask.shape)}")
+        counts = (mask == 0).sum(1)
+        if not (counts == counts[0]).all():
+            raise ValueError(f"every sample must keep the same number of patches, got {counts.tolist()}")
+        _, _, ids_restore = masks_from_scores(1.0 - mask.float(), int(counts[0]))
+    else:
+        _, _, ids_restore = mask
+    return ids_restore.float() / ids_restore.shape[1]

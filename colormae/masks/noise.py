@@ -69,7 +69,8 @@ def color_params(color: str, **params) -> dict:
         if key in merged and not merged[key] > 0:
             raise ValueError(f"{key}={merged[key]} must be > 0")
     if "sigma1" in merged and not merged["sigma1"] < merged["sigma2"]:
-        raise ValueError(f"{color} noise needs sigma1 < sigma2, got sigma1={merged['sigma1']}, sigma2={merged['sigma2']}")
+        raise ValueError(f"{color} noise needs sigma1 < sigma2, got sigma1={merged['sigma1']}, "
+                         f"sigma2={merged['sigma2']}")
     if "iterations" in merged and int(merged["iterations"]) < 1:
         raise ValueError(f"iterations={merged['iterations']} must be >= 1")
     return merged
@@ -242,6 +243,7 @@ def radial_spectrum(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     radius = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
     ring = torch.round(radius * n).long().flatten()
     sums = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, ring.clamp(max=n), power.flatten().double())
-    counts = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, ring.clamp(max=n), torch.ones_like(ring, dtype=torch.float64))
+    ones = torch.ones_like(ring, dtype=torch.float64)
+    counts = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, ring.clamp(max=n), ones)
     k = torch.arange(1, n // 2 + 1)
     return (k.double() / n).float(), (sums[k] / counts[k]).float()

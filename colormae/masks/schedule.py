@@ -38,7 +38,8 @@ def parse_mask_params(spec: str) -> dict[str, float]:
         try:
             params[name.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"mask_params={spec!r}: {part!r} is not name=number; e.g. 'sigma1=0.5,sigma2=1.0'") from None
+            raise ValueError(f"mask_params={spec!r}: {part!r} is not name=number; "
+                             "e.g. 'sigma1=0.5,sigma2=1.0'") from None
         if not eq:
             raise ValueError(f"mask_params={spec!r}: {part!r} is not name=number; e.g. 'sigma1=0.5,sigma2=1.0'")
     return params

@@ -30,6 +30,7 @@ class MAEConfig:
     decoder_num_heads: int = 16
     mlp_ratio: float = 4.0
     norm_pix_loss: bool = False
+    norm_eps: float = 1e-6  # LayerNorm epsilon (MAE and timm: 1e-6; Hugging Face ViTMAE files: layer_norm_eps)
 
     @property
     def grid(self) -> int:
@@ -113,7 +114,13 @@ class MaskedAutoencoder(nn.Module):
     def __init__(self, cfg: MAEConfig):
         super().__init__()
         self.cfg = cfg
-        norm = partial(nn.LayerNorm, eps=1e-6)
+        # set by colormae.run.pretrained.load_pretrained: whether the decoder holds trained weights (False
+        # for encoder-only files), a fine-tuned classifier's fc_norm / head under timm names, the file
+        self.has_decoder: bool = True
+        self.classifier: dict[str, torch.Tensor] = {}
+        self.source: str | None = None
+        self.source_format: str | None = None
+        norm = partial(nn.LayerNorm, eps=cfg.norm_eps)
         d, dd, L = cfg.embed_dim, cfg.decoder_embed_dim, cfg.grid ** 2
         self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, d)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
@@ -162,6 +169,10 @@ class MaskedAutoencoder(nn.Module):
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         """Predict every patch's pixels [B, L, p*p*C] from the visible latents and mask tokens."""
+        if not self.has_decoder:
+            raise ValueError(f"{self.source or 'this model'} has no decoder (an encoder-only file): it cannot "
+                             "reconstruct; load a file with a decoder (MAE's *_full / visualize, a ColorMAE "
+                             "pretraining checkpoint, a ViTMAEForPreTraining folder)")
         x = self.decoder_embed(latent)
         b, L = ids_restore.shape
         tokens = torch.cat([x[:, 1:], self.mask_token.expand(b, L + 1 - x.shape[1], -1)], 1)
@@ -199,9 +210,12 @@ def mae_model(preset: str, **overrides) -> MaskedAutoencoder:
 
 def timm_kwargs(cfg: MAEConfig) -> dict:
     """Arguments of ``timm.create_model("vit_base_patch16_224", **kwargs)`` for this encoder."""
-    return {"img_size": cfg.img_size, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
-            "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
-            "mlp_ratio": cfg.mlp_ratio}
+    kwargs = {"img_size": cfg.img_size, "patch_size": cfg.patch_size, "in_chans": cfg.in_chans,
+              "embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+              "mlp_ratio": cfg.mlp_ratio}
+    if cfg.norm_eps != 1e-6:  # timm's ViT default; Hugging Face files may differ
+        kwargs["norm_layer"] = partial(nn.LayerNorm, eps=cfg.norm_eps)
+    return kwargs
 
 
 TIMM_BASE_NAME = "vit_base_patch16_224"  # architecture family; every size is set through kwargs

@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 from ..files import load_checkpoint, project_path, repo_relative
-from ..models.mae import MAEConfig, MaskedAutoencoder, export_encoder, mae_from_checkpoint
+from ..models.mae import MaskedAutoencoder, export_encoder
+from .pretrained import COMPACT_FORMAT, HF_WEIGHTS, PretrainedFileError, load_pretrained
 from .rundir import ENCODER, LAST, RunDir
 
 log = logging.getLogger(__name__)
@@ -15,9 +16,9 @@ log = logging.getLogger(__name__)
 def load_mae(path: str | os.PathLike):
     """A pretrained MAE from a run directory (its checkpoint-last.pth) or a checkpoint file, in eval mode."""
     path = project_path(path)
-    if path.is_dir():
+    if path.is_dir() and not any((path / n).is_file() for n in HF_WEIGHTS):  # a run directory
         path = path / LAST
-    return mae_from_checkpoint(load_checkpoint(path, required=("model", "mae_config"))).eval()
+    return load_pretrained(path, require_decoder=True)  # one loader for every format
 
 
 def _is_export(obj) -> bool:
@@ -31,9 +32,12 @@ def load_encoder(path: str | os.PathLike, *, allow_unfinished: bool = False) -> 
       unfinished run's ``checkpoint-last.pth`` only with ``allow_unfinished=True``,
     * an ``encoder.pth`` export,
     * a pretraining checkpoint (``checkpoint-*.pth``): the MAE is rebuilt and exported,
-    * a compact fp16 MAE (``weights.save_compact``, committed for the grid's seed-0 runs): exported in fp32.
+    * a compact fp16 MAE (``weights.save_compact``, committed for the grid's seed-0 runs): exported in fp32,
+    * any other file or folder ``load_pretrained`` reads (MAE, official ColorMAE, timm, Hugging Face).
     """
     path = project_path(path)
+    if path.suffix == ".safetensors" or (path.is_dir() and any((path / n).is_file() for n in HF_WEIGHTS)):
+        return export_encoder(load_pretrained(path))
     if path.is_dir():
         if (path / ENCODER).is_file():
             path = path / ENCODER
@@ -53,15 +57,15 @@ def load_encoder(path: str | os.PathLike, *, allow_unfinished: bool = False) -> 
     obj = load_checkpoint(path, required=())  # ValueError on corrupt / non-dict files
     if _is_export(obj):
         return obj
-    if obj.get("format") == FORMAT:
-        return export_encoder(load_compact(path))
-    if "model" in obj and "mae_config" in obj:
-        return export_encoder(mae_from_checkpoint(obj))
-    raise ValueError(f"{path} is neither an encoder export (keys state_dict, timm_name, timm_kwargs) nor a "
-                     f"pretraining checkpoint (keys model, mae_config); it has keys {sorted(obj)[:10]}")
+    try:
+        return export_encoder(load_pretrained(obj))
+    except PretrainedFileError as e:
+        raise ValueError(f"{path} is neither an encoder export (keys state_dict, timm_name, timm_kwargs) nor a "
+                         f"pretraining checkpoint (keys model, mae_config) nor another format load_pretrained "
+                         f"reads; it has keys {sorted(map(str, obj))[:10]} ({e})") from e
 
 
-FORMAT = "colormae-compact-mae-v1"
+FORMAT = COMPACT_FORMAT
 
 
 CLASSIFIER_FORMAT = "colormae-compact-classifier-v1"
@@ -77,9 +81,9 @@ def load_compact(path: str | os.PathLike) -> MaskedAutoencoder:
     obj = load_checkpoint(project_path(path), required=("format", "model", "mae_config"))
     if obj["format"] != FORMAT:
         raise ValueError(f"{path}: format {obj['format']!r}, expected {FORMAT!r}")
-    model = MaskedAutoencoder(MAEConfig(**obj["mae_config"]))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in obj["model"].items()})
-    return model.eval()
+    model = load_pretrained(obj)  # fp16 tensors -> the fp32 model
+    model.source = str(path)
+    return model
 
 
 def compact_path(grid_dir: str | os.PathLike, mask: str) -> Path:

@@ -20,15 +20,19 @@ GROUPS = ("model", "masking", "data", "optimization", "evaluation", "run")
 
 
 def knob(default: Any, help: str, *, choices: Sequence | None = None, group: str = "run",
-         experiment: bool = True, path: bool = False) -> Any:
+         experiment: bool = True, path: bool = False, input: str | None = None,
+         range: tuple | None = None) -> Any:
     """A config field. ``experiment=False`` marks knobs that do not change what is computed
     (workers, logging, device, paths): a run may be resumed with other values of those.
-    ``path=True``: a file or folder, recorded relative to the repository (``rundir.config_record``)."""
+    ``path=True``: a file or folder, recorded relative to the repository (``rundir.config_record``).
+    ``input=ENGINE``: an input of the run, a file or a run directory of that engine (checked, and
+    protected from --overwrite, before the output folder is touched). ``range``: allowed values
+    (see ``RANGES``; overrides the shared rule of that field name)."""
     if group not in GROUPS:
         raise ValueError(f"group={group!r}; allowed values: {', '.join(GROUPS)}")
     return dataclasses.field(default=default, metadata={
         "help": help, "choices": tuple(choices) if choices is not None else None, "group": group,
-        "experiment": experiment, "path": path})
+        "experiment": experiment, "path": path or input is not None, "input": input, "range": range})
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")

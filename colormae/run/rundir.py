@@ -8,22 +8,34 @@
     summary.json       config, environment, timings and results (finished or not)
     run.lock           the pid and host of the one process writing here
 
-Rules (``open_run``): a fresh run never replaces an existing one (``overwrite`` must say so); a
-resumed run must have the same experiment config (only non-experiment knobs and a larger epoch
-count may differ); a finished run is reported, not re-run; one writer at a time.
+Rules (``resolve_resume``, ``finished_summary``, ``RunDir.acquire_lock``): a fresh run never
+replaces an existing one (``overwrite`` must say so); a resumed run must have the same experiment
+config (only non-experiment knobs and a larger epoch count may differ); a finished run is
+reported, not re-run; one writer at a time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
 import socket
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..files import atomic_write, project_path, read_json, repo_relative, save_torch, write_json
+from ..files import (
+    atomic_write,
+    make_dirs,
+    output_error,
+    project_path,
+    read_json,
+    repo_relative,
+    save_torch,
+    write_json,
+)
 from .config import differences, experiment_fields, path_fields
 
 log = logging.getLogger(__name__)
@@ -126,6 +138,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = project_path(path)
+        self._clear_pending = False  # overwrite: the old run goes when the new one writes its first file
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -150,13 +163,29 @@ class RunDir:
         return read_json(p) if p.exists() else None
 
     def write_config(self, cfg) -> Path:
+        self._clear_if_pending()
         return write_json(config_record(cfg), self.path / CONFIG)
 
     def write_summary(self, summary: dict) -> Path:
+        self._clear_if_pending()
         return write_json(summary, self.path / SUMMARY)
 
     def save(self, state: dict, name: str = LAST) -> Path:
+        self._clear_if_pending()
         return save_torch(state, self.path / name)
+
+    def clear_before_first_write(self) -> None:
+        """``overwrite``: delete the old run when the new one writes its first file (config,
+        checkpoint or summary), i.e. after the engine has loaded its encoder and data and built its
+        model. A new run that fails before that leaves the old one as it was."""
+        self._clear_pending = True
+
+    def _clear_if_pending(self) -> None:
+        if self._clear_pending:
+            self._clear_pending = False
+            if self.holds_run():
+                log.warning("overwrite: deleting the run in %s", self.path)
+                self.clear()
 
     def clean_temp_files(self) -> None:
         for tmp in self.path.glob(".*.tmp"):
@@ -174,18 +203,25 @@ class RunDir:
     # one writer at a time ----------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """Create ``run.lock`` (pid, host) exclusively; take over a stale one left by a dead process
-        on this host; RunInUseError if a live process (or one on another host) holds it."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        on this host, or an empty / unparseable one (a write cut short); RunInUseError if a live
+        process (or one on another host) holds it.
+
+        The lock is written whole to a temp file and linked into place (``os.link`` fails if the
+        name exists): it is never seen half written, and a full disk leaves no lock behind."""
+        make_dirs(self.path)
         lock = self.path / LOCK
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        for _ in range(2):
+        for _ in range(3):
             try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                _link_new(lock, json.dumps(me))
             except FileExistsError:
-                try:
-                    owner = json.loads(lock.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
-                    owner = {}
+                owner = _read_lock(lock)
+                if owner == {}:
+                    continue  # released between our try and the read
+                if owner is None:
+                    log.warning("taking over the lock %s: it is empty or unreadable (a write was cut short)", lock)
+                    lock.unlink(missing_ok=True)
+                    continue
                 if owner.get("host") == me["host"] and not _alive(owner.get("pid")):
                     log.warning("taking over the stale lock %s of process %s (no longer running)", lock,
                                 owner.get("pid"))
@@ -195,8 +231,6 @@ class RunDir:
                     f"run directory {self.path} is in use by process {owner.get('pid')} on host "
                     f"{owner.get('host')} since {owner.get('since')} ({lock}). Wait for it, or choose another "
                     f"--output-dir; if that process is dead on another host, delete the lock file.") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
             return
         raise RunInUseError(f"could not take the lock {lock}")
 
@@ -207,6 +241,39 @@ class RunDir:
                 lock.unlink()
         except (OSError, json.JSONDecodeError):
             pass
+
+
+def _link_new(path: Path, text: str) -> None:
+    """Create ``path`` holding ``text``, atomically and exclusively (FileExistsError if it exists);
+    write errors (disk full, read-only) as ``files.output_error``."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise (output_error(e, path) or e) from e
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.link(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        raise (output_error(e, path) or e) from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _read_lock(lock: Path) -> dict | None:
+    """The owner recorded in a lock file; None when it is empty or not a lock record (stale)."""
+    try:
+        owner = json.loads(lock.read_text())
+    except FileNotFoundError:
+        return {}  # released meanwhile: the next try takes it
+    except (OSError, ValueError):
+        return None
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int) or not owner.get("host"):
+        return None
+    return owner
 
 
 def _alive(pid) -> bool:
@@ -246,9 +313,88 @@ def check_same_experiment(saved: dict, cfg, where: str | os.PathLike) -> None:
                          "replace it.")
 
 
+def recorded_engine(path: str | os.PathLike) -> str | None:
+    """What a run directory holds, from its own records: summary.json's ``engine`` (for the
+    fine-tuning engine, its protocol), else "pretrain" or "transfer" from config.json's fields
+    (transfer runs name an ``encoder``); None for no run."""
+    run_dir = RunDir(path)
+    summary = run_dir.read_summary() if run_dir.file(SUMMARY).is_file() else None
+    if isinstance(summary, dict) and summary.get("engine"):
+        return str(summary["engine"])
+    saved = run_dir.read_config() if run_dir.file(CONFIG).is_file() else None
+    if not isinstance(saved, dict):
+        return None
+    return "transfer" if "encoder" in saved else "pretrain" if "mask" in saved else "unknown"
+
+
+def foreign_fields(saved: dict, cls: type) -> list[str]:
+    """The fields of a saved config that config type ``cls`` does not have (a run of another
+    engine); fields ``cls`` retired (``RETIRED_FIELDS``: configs written before they moved out)
+    do not count."""
+    own = {f.name for f in dataclasses.fields(cls)} | set(getattr(cls, "RETIRED_FIELDS", ())) | {"engine"}
+    return sorted(set(saved) - own)
+
+
+def check_same_engine(cfg, run_dir: RunDir) -> None:
+    """ValueError when ``run_dir`` holds a run of another engine (its config.json has fields this
+    engine's config lacks): neither --resume nor --overwrite may touch it."""
+    saved = run_dir.read_config() if run_dir.file(CONFIG).is_file() else None
+    if saved is None:
+        summary = run_dir.read_summary() if run_dir.file(SUMMARY).is_file() else None
+        saved = summary.get("config") if isinstance(summary, dict) else None
+    if not isinstance(saved, dict):
+        return
+    foreign = foreign_fields(saved, type(cfg))
+    if foreign:
+        kind = recorded_engine(run_dir.path) or "another engine's"
+        raise ValueError(f"{run_dir.path} holds a {kind} run (its config has {', '.join(foreign[:4])}, which "
+                         f"{type(cfg).__name__} has not): --resume and --overwrite only continue or replace a "
+                         "run of the same engine. Choose another --output-dir (or delete that run yourself).")
+
+
+def check_inputs_outside(cfg, run_dir: RunDir) -> None:
+    """ValueError when an input of ``cfg`` (a path field other than output_dir and resume: the
+    encoder, the data) lies in ``run_dir``, the folder --overwrite would clear."""
+    here = run_dir.path.resolve()
+    for name in path_fields(type(cfg)):
+        value = getattr(cfg, name)
+        if name in ("output_dir", "resume") or value in (None, "auto"):
+            continue
+        p = project_path(value).resolve()
+        if p == here or here in p.parents:
+            raise ValueError(f"--{name.replace('_', '-')} {value} is in --output-dir {run_dir.path}, the folder "
+                             "--overwrite would clear: the run would delete its own input. Choose another "
+                             "--output-dir.")
+
+
+def check_inputs(cfg) -> None:
+    """Every input field (a knob with ``input=ENGINE``: a run directory of that engine or a file)
+    exists and, when a run directory, holds a run of that engine: checked before the output folder
+    is touched."""
+    for f in dataclasses.fields(type(cfg)):
+        want, value = f.metadata.get("input"), getattr(cfg, f.name)
+        if want is None or value is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        path = project_path(value)
+        if not path.exists():
+            raise FileNotFoundError(f"{flag} {value}: no such file or folder ({path})")
+        if path.is_dir():
+            kind = recorded_engine(path)
+            if kind not in (None, want):
+                raise ValueError(f"{flag} {value}: {path} is a {kind} run, not a {ENGINE_NOUNS.get(want, want)} run")
+
+
+ENGINE_NOUNS = {"pretrain": "pretraining"}
+
+
 def resolve_resume(cfg, run_dir: RunDir) -> Path | None:
     """The checkpoint to resume from (None: fresh start), after the rules in the module docstring."""
     present = run_dir.holds_run()
+    if present:
+        check_same_engine(cfg, run_dir)
+    if cfg.overwrite:
+        check_inputs_outside(cfg, run_dir)
     if cfg.resume is None:
         if present and not cfg.overwrite:
             raise FileExistsError(
@@ -282,7 +428,7 @@ def finished_summary(cfg, run_dir: RunDir) -> dict | None:
     missing = [name for name in needed if not run_dir.file(name).exists()]
     if missing:
         log.warning("%s finished, but %s are missing (weights are not committed): computing the run again",
-                    run_dir.path, ", ".join(missing))
+                    repo_relative(run_dir.path), ", ".join(missing))
         return None
     return summary
 

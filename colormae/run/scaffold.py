@@ -5,17 +5,17 @@ An engine's ``run(cfg)`` reads top to bottom::
     with start_run(cfg, "pretrain") as run:          # device, DDP, run dir rules, lock, signals
         if run.finished is not None: return run.finished
         ... data, model, optimizer ...
-        step, epoch, batch = run.restore(ckpt_keys, model, optimizer, scaler)   # resume (or zeros)
+        step, epoch, batch, _ = run.restore(required_keys, model, optimizer, scaler)   # resume (or zeros)
         while epoch < cfg.epochs:
             for batch in loader:
                 ... forward, backward ...
-                run.check_loss(loss, step)                # non-finite or exploding: stop, name a checkpoint
+                run.check_loss(loss, epoch, step)         # non-finite or exploding: stop, name a checkpoint
                 ... optimizer step ...
                 run.log_step(step, epoch_float, loss, lr, n_images)
                 if run.should_stop(step): break           # max_steps, SIGTERM/SIGINT
-                if run.checkpoint_due(): save()           # every --checkpoint-minutes
-            run.end_epoch(epoch, save)                    # checkpoint-last + numbered snapshots
-        run.finish(summary)
+                if run.checkpoint_due(): run.save(state)     # every --checkpoint-minutes
+            run.end_epoch(epoch, step, state)             # checkpoint-last + numbered snapshots
+        return run.finish(run.summary_base(total_steps, step, finished, **results))
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ from .rundir import (
     MetricLog,
     RunDir,
     RunInUseError,
+    check_inputs,
     check_same_experiment,
     config_record,
     finished_summary,
@@ -78,6 +79,7 @@ class Run:
         self.info, self.device = setup_device(cfg.device)
         self.dir = RunDir(cfg.output_dir)
         self.finished: dict | None = None
+        self._locked = False
         self.resume_from: Path | None = None
         self.metrics: MetricLog | None = None
         self.timer = Timer()
@@ -94,8 +96,8 @@ class Run:
     # -- opening and closing ---------------------------------------------------------------------
     def __enter__(self) -> "Run":
         try:
-            if self.info.is_main:
-                self.dir.acquire_lock()
+            check_inputs(self.cfg)
+            # a finished run is reported without the lock (a read-only copy of results can be read)
             self.resume_from = resolve_resume(self.cfg, self.dir)  # config mismatch: ValueError here
             self.finished = finished_summary(self.cfg, self.dir)
             if self.finished is not None:
@@ -103,9 +105,12 @@ class Run:
                          self.dir.file("summary.json"))
                 return self
             if self.info.is_main:
+                self.dir.acquire_lock()
+                self._locked = True
+            self.resume_from = resolve_resume(self.cfg, self.dir)  # again under the lock
+            if self.info.is_main:
                 if self.cfg.overwrite and self.dir.holds_run():
-                    log.warning("overwrite: deleting the run in %s", self.dir.path)
-                    self.dir.clear()
+                    self.dir.clear_before_first_write()
                 self.dir.clean_temp_files()
         except BaseException:
             self.__exit__(None, None, None)
@@ -120,7 +125,7 @@ class Run:
             self.metrics.close()
         for sig, handler in self._old_handlers.items():
             signal.signal(sig, handler)
-        if self.info.is_main:
+        if self.info.is_main and self._locked:
             self.dir.release_lock()
 
     def _install_signal_handlers(self) -> None:
