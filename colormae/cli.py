@@ -11,6 +11,7 @@ from typing import Any, Callable, Sequence
 from .engines import submit
 from .engines.launch import ENGINES, engine_main, parse_engine_args
 from .experiments import grids, release, reproduce
+from .run import pretrained
 
 # command -> (entry point taking argv, one line for `colormae --help`)
 ENGINE_LINES = {
@@ -25,6 +26,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], Any], str]] = {
     "reproduce": (reproduce.main, "every figure and table: run the notebooks, list what each one makes"),
     "weights": (release.main, "compact fp16 release weights of a grid's runs and of fine-tuned classifiers"),
     "submit": (submit.main, "run an engine on Slurm (or locally) through submitit"),
+    "convert": (pretrained.main, "convert MAE weights: MAE, official ColorMAE, timm, Hugging Face and ours -> --to "
+                                 "timm, hf, mae or colormae"),
 }
 
 
@@ -41,7 +44,8 @@ def parse_command(argv: Sequence[str]) -> Any:
         ours, job_argv = submit.split_argv(rest)
         args = submit.build_parser().parse_args(ours)
         return args, parse_engine_args(args.job, job_argv)
-    parsers = {"experiments": grids.build_parser, "reproduce": reproduce.build_parser, "weights": release.build_parser}
+    parsers = {"experiments": grids.build_parser, "reproduce": reproduce.build_parser, "weights": release.build_parser,
+               "convert": pretrained.build_parser}
     return parsers[command]().parse_args(rest)
 
 

@@ -46,8 +46,8 @@ def output_error(err: BaseException, path: str | os.PathLike) -> OutputError | N
             free = f"{shutil.disk_usage(path.parent if path.parent.exists() else '.').free} bytes free"
         except OSError:
             free = "free space unknown"
-        return DiskFullError(errno.ENOSPC, f"the disk is full (or a file size limit was reached): could not write "
-                             f"{path} ({free}). Free space or choose another --output-dir, then resume with "
+        return DiskFullError(errno.ENOSPC, f"the disk is full: could not write {path} ({free}; or a file size "
+                             "limit was reached). Free space or choose another --output-dir, then resume with "
                              "--resume auto")
     if code in (errno.EROFS, errno.EACCES, errno.EPERM):
         return OutputError(code, f"cannot write {path}: {os.strerror(code)}. Choose a writable --output-dir "

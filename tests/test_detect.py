@@ -263,7 +263,7 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
     grid = tmp_path / "grid"
     (grid / "runs" / "random_seed0").mkdir(parents=True)
     save_torch(torch.load(encoder / "encoder.pth", weights_only=False), grid / "runs" / "random_seed0" / "encoder.pth")
-    (grid / "runs" / "random_seed0" / "config.json").write_text(json.dumps({"preset": MICRO}))
+    (grid / "runs" / "random_seed0" / "config.json").write_text((encoder / "config.json").read_text())  # preset MICRO
     kw = dict(grid_dir=str(grid), masks=("random",), pretrain_seeds=(0,), seeds=(0,), out=str(tmp_path / "out"),
               **{**TINY, "data": "coco", "data_root": str(coco_root), "epochs": 1})
     path = run_detection_experiment(**kw)

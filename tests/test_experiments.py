@@ -61,9 +61,13 @@ def test_rebuild_weights_pretrains_again_only_what_lost_its_weights(tiny_grid, c
     experiments.main(args)
     assert not (run / "encoder.pth").exists()  # without the flag: evaluations reused, nothing retrained
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json") if p.parent != run}
+    records = {name: (run / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "config.json")}
     with caplog.at_level(logging.INFO, logger="colormae.experiments.grids"):
         experiments.main([*args, "--rebuild-weights"])
     assert (run / "encoder.pth").is_file() and json.loads((run / "eval.json").read_text()) == recorded
+    # the rebuild ran beside the record (run/rebuild/): the records Fig. 4 reads are byte for byte the same
+    assert {name: (run / name).read_bytes() for name in records} == records
+    assert (run / "rebuild" / "summary.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # runs with weights untouched
     assert "rebuilt" in caplog.text and "not reproduced exactly" not in caplog.text
 

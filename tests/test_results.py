@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from colormae.analysis import figures, results
 
@@ -194,7 +195,12 @@ def test_paired_interval_by_hand(grid):
     assert g["ci_low"] == pytest.approx(-0.004841, abs=1e-6)  # z (1.96) would give +0.0087: "resolved"
     assert not g["resolved"]
     p = d.loc["purple"]  # -0.03, -0.04, -0.05
-    assert p["ci_high"] == pytest.approx(-0.04 + half) and p["resolved"]
+    assert p["ci_high"] == pytest.approx(-0.04 + half) and p["ci_high"] < 0  # the unadjusted interval excludes 0
+    # t = -0.04 / (0.01 / sqrt(3)) with 2 dof; Holm over the family blue, green, purple (red: 1 seed, no p):
+    # purple's is the smallest p, times 3 -> not resolved after adjustment
+    p_t = 2 * stats.t.cdf(-0.04 / (0.01 / math.sqrt(3)), 2)
+    assert p["p_t"] == pytest.approx(p_t) and p["family"] == 3
+    assert p["p_holm"] == pytest.approx(3 * p_t) and not p["resolved"]
     b = d.loc["blue"]  # +0.01, +0.03: 2 seeds, 1 dof
     assert b["n"] == 2 and b["std"] == pytest.approx(0.02 / math.sqrt(2))
     assert b["ci_high"] == pytest.approx(0.02 + T975[1] * (0.02 / math.sqrt(2)) / math.sqrt(2))
@@ -210,7 +216,7 @@ def test_paired_is_not_unpaired(grid):
     y = grid[grid["mask"] == "random"]["knn_top1"]
     welch = stats_welch_half(x.to_numpy(), y.to_numpy())
     assert welch > 0.04  # unpaired: not resolved
-    assert p["ci_high"] - p["diff"] == pytest.approx(T975[2] * 0.01 / math.sqrt(3)) and p["resolved"]
+    assert p["ci_high"] - p["diff"] == pytest.approx(T975[2] * 0.01 / math.sqrt(3)) and p["ci_high"] < 0
 
 
 def stats_welch_half(x, y):
@@ -229,16 +235,21 @@ def test_difference_to_the_control_is_paired_too(grid):
 
 def test_differences_in_words(grid):
     words = results.differences_in_words(results.paired_differences(grid, "knn_top1", "random"))
-    assert words[1] == "kNN top-1: green − random = +2.0 points, 95 % CI [−0.5, +4.5]: not resolved with 3 seeds"
-    assert words[2] == ("kNN top-1: purple − random = −4.0 points, 95 % CI [−6.5, −1.5]: "
-                        "resolved with 3 seeds (purple below random)")
+    assert words[1] == ("kNN top-1: green − random = +2.0 points, 95 % CI [−0.5, +4.5]; paired t p = 0.074, "
+                        "Holm-adjusted over 3 comparisons p = 0.15, exact sign-flip p = 0.25: not resolved with "
+                        "3 seeds (exploratory)")
+    assert words[2] == ("kNN top-1: purple − random = −4.0 points, 95 % CI [−6.5, −1.5]; paired t p = 0.02, "
+                        "Holm-adjusted over 3 comparisons p = 0.061, exact sign-flip p = 0.25: not resolved with "
+                        "3 seeds (exploratory)")
+    confirm = results.differences_in_words(results.paired_differences(grid, "knn_top1", "none"), design="confirmatory")
+    assert confirm[0].endswith("resolved with 3 seeds (random above none) (confirmatory)")
     assert words[3].startswith("kNN top-1: red − random = +1.0 points from 1 seed: no interval")
 
 
 def test_comparison_table_strings(grid):
     t = results.comparison_table(grid, "knn_top1")
     assert t.loc["green", "kNN top-1 %"] == "40.50 ± 7.33 (n=4)"
-    assert t.loc["green", "− random (points) [95 % CI]"] == "+2.00 [-0.48, +4.48] (n=3)"
+    assert t.loc["green", "− random (points) [95 % CI]"] == "+2.00 [-0.48, +4.48] (n=3, Holm p 0.15)"
     assert t.loc["random", "− random (points) [95 % CI]"] == "—"
     assert t.loc["red", "− random (points) [95 % CI]"] == "+1.00 (n=1, no CI)"
     assert t.loc["green", "− none (points) [95 % CI]"].startswith("+12.00 [")
@@ -297,10 +308,14 @@ def test_band_sweep_words_paired_interval_by_hand(grid):
     # ranked at the seed every band has (0), not by the default's 3-seed mean (0.477)
     assert words[0].startswith("kNN top-1 at seed 0 (every band has it): highest at band centre 0.437 cycles/patch "
                                "(σ1 = 0.35, σ2 = 0.7): 45.0 %")
-    half = 2.570581835636314 * s  # t(0.975, 5) * s / sqrt(1 common seed)
-    assert "= +2.0 points (paired at seed 0)" in words[1]  # 0.45 - 0.43, not 0.45 - mean(0.43, 0.50, 0.50)
-    assert f"[{(0.02 - half) * 100:+.1f}, {(0.02 + half) * 100:+.1f}]".replace("-", "−") in words[1]
-    assert words[1].endswith("not resolved") and "5 dof" in words[1]
+    # against green's expected value through random: band - random at seed 0 = 0.45 - 0.40 = +5 points,
+    # green's mean effect over seeds 0-2 = +2 -> +3 points (not 0.45 - 0.43, green's own seed-0 run);
+    # coefficients: band +1, green -1/3 x 3, random(0) -2/3, random(1), random(2) +1/3: sum c^2 = 2,
+    # so the half width is t(0.975, 5) * s / sqrt(2) * sqrt(2)
+    half = 2.570581835636314 * s
+    assert "expected = +3.0 points (band at seed 0 vs green's mean effect over 3 seeds" in words[1]
+    assert f"[{(0.03 - half) * 100:+.1f}, {(0.03 + half) * 100:+.1f}]".replace("-", "−") in words[1]
+    assert words[1].endswith("resolved (above the default; exploratory)") and "5 dof" in words[1]
     only = results.band_sweep_in_words(rows[rows["sigma1"] == 0.7], grid, "knn_top1")
     assert only == ["kNN top-1: only one band has results (σ1 = 0.7, centre 0.219 cycles/patch: 47.7 %, n=3): "
                     "nothing to compare yet"]
@@ -326,3 +341,104 @@ def test_band_sweep_reads_grid_style_rows(tmp_path):
     assert found and list(rows["sigma1"]) == [0.35, 2.0] and list(rows["sigma2"]) == [0.7, 4.0]
     # band centre of G(s1) - G(2 s1), by hand: sqrt(ln 4 / (6 pi^2)) / s1 = 0.153004 / s1 cycles/patch
     np.testing.assert_allclose(rows["band_centre"], [0.153004 / 0.35, 0.153004 / 2.0], rtol=1e-5)
+
+
+# -- referee-proof statistics: exact sign-flip, Holm, pairing by pretraining seed, power ---------------
+
+def test_sign_flip_p_by_hand():
+    # sums of ±1 ±2 ±3: 6, 4, 2, 0, 0, -2, -4, -6
+    assert results.sign_flip_p([1, 2, 3]) == pytest.approx(2 / 8)
+    assert results.sign_flip_p([1, 2, 3], "greater") == pytest.approx(1 / 8)
+    assert results.sign_flip_p([1, -2, 3], "greater") == pytest.approx(3 / 8)   # sum 2: 6, 4, 2
+    assert results.sign_flip_p([1, -2, 3], "less") == pytest.approx(6 / 8)
+    assert results.sign_flip_p([0.45, 1.35, 0.47, 0.55, 0.24]) == pytest.approx(2 / 32)  # all positive, n = 5
+    with pytest.raises(ValueError, match="alternative="):
+        results.sign_flip_p([1.0], "bigger")
+
+
+def test_holm_steps_down_and_keeps_nan_out_of_the_family():
+    # sorted 0.01, 0.03, 0.04 -> x3, x2, x1 = 0.03, 0.06, 0.04 -> non-decreasing 0.03, 0.06, 0.06
+    np.testing.assert_allclose(results.holm([0.01, 0.04, 0.03]), [0.03, 0.06, 0.06])
+    np.testing.assert_allclose(results.holm([0.5, 0.9]), [1.0, 1.0])  # capped at 1
+    out = results.holm([np.nan, 0.02, 0.04])
+    assert np.isnan(out[0]) and out[1:].tolist() == pytest.approx([0.04, 0.04])
+
+
+def _grid(rows):
+    return pd.DataFrame(rows, columns=["mask", "seed", "knn_top1"])
+
+
+def test_paired_differences_adjust_over_the_masks_but_not_the_control():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(4):
+        base = rng.normal(0.3, 0.02)
+        rows += [("random", s, base), ("green", s, base + 0.01 + 0.001 * s), ("blue", s, base - 0.002 * s),
+                 ("none", s, base - 0.05 - 0.001 * s)]
+    d = results.paired_differences(_grid(rows), "knn_top1", "random")
+    masks = d.loc[["green", "blue"]]
+    np.testing.assert_allclose(masks["p_holm"], results.holm(masks["p_t"].to_numpy()))
+    assert masks["family"].tolist() == [2, 2] and d.loc["none", "family"] == 1
+    assert d.loc["none", "p_holm"] == d.loc["none", "p_t"]
+    assert d["resolved"].tolist() == (d["p_holm"] < 0.05).tolist()
+    # sign-flip: 4 seeds all in favour of green -> 2/16 two-sided
+    assert d.loc["green", "p_signflip"] == pytest.approx(2 / 16)
+
+
+def test_dense_rows_pair_by_pretraining_seed():
+    """Two pretraining seeds x two fine-tuning seeds: two replicates, not four."""
+    rows = [(m, ps, fs, v) for m, vals in {"none": (0.50, 0.52, 0.60, 0.62), "green": (0.60, 0.64, 0.61, 0.63)}.items()
+            for (ps, fs), v in zip([(0, 0), (0, 1), (1, 0), (1, 1)], vals)]
+    table = pd.DataFrame(rows, columns=["mask", "pretrain_seed", "seed", "miou"])
+    by_seed = results.by_pretraining_seed(table, ["miou"])
+    assert by_seed["finetune_runs"].tolist() == [2, 2, 2, 2]
+    d = results.paired_differences(by_seed, "miou", "none")
+    assert d.loc["green", "n"] == 2 and d.loc["green", "seeds"] == [0, 1]
+    # per pretraining seed: green 0.62 vs none 0.51 (+0.11), green 0.62 vs none 0.61 (+0.01)
+    assert d.loc["green", "diff"] == pytest.approx(0.06) and d.loc["green", "std"] == pytest.approx(np.sqrt(0.005))
+
+
+def test_paired_t_power_matches_a_simulation():
+    rng = np.random.default_rng(1)
+    sims = rng.normal(0.5, 0.43, size=(20000, 8))
+    t = sims.mean(1) / (sims.std(1, ddof=1) / np.sqrt(8))
+    crit = stats.t.ppf(0.975, 7), stats.t.ppf(0.95, 7)
+    assert results.paired_t_power(0.5, 0.43, 8) == pytest.approx(np.mean(np.abs(t) > crit[0]), abs=0.01)
+    assert results.paired_t_power(0.5, 0.43, 8, alternative="greater") == pytest.approx(np.mean(t > crit[1]), abs=0.01)
+    # the preregistration's numbers
+    assert round(results.paired_t_power(0.5, 0.43, 8, alternative="greater"), 2) == 0.90
+    assert round(results.paired_t_power(0.5, 0.8, 8), 2) == 0.33
+    e = results.detectable_effect(0.43, 5)
+    assert results.paired_t_power(e, 0.43, 5) == pytest.approx(0.8, abs=1e-6)
+    n = results.pairs_needed(0.5, 0.43)
+    assert results.paired_t_power(0.5, 0.43, n) >= 0.8 > results.paired_t_power(0.5, 0.43, n - 1)
+
+
+def test_confirmatory_test_waits_for_every_planned_pair_and_needs_both_tests():
+    rows = [(m, s, 0.30 + 0.01 * s + (0.006 if m == "green" else 0.0) + 0.001 * (s % 3) * (m == "green"))
+            for s in range(5, 13) for m in ("random", "green")]
+    full = _grid(rows)
+    partial = full[full["seed"] < 9]
+    r = results.confirmatory_test(partial, planned_seeds=range(5, 13))
+    assert r["verdict"] == "incomplete" and r["n"] == 4
+    assert "4 of 8 planned pairs" in results.confirmatory_in_words(r)
+    r = results.confirmatory_test(full, planned_seeds=range(5, 13))
+    assert r["verdict"] == "confirmed" and r["p_signflip_one_sided"] == pytest.approx(1 / 256)
+    # four pairs can never reach one-sided sign-flip p < 0.05 (1/16): not confirmed, whatever t says
+    r4 = results.confirmatory_test(partial, planned_seeds=range(5, 9))
+    assert r4["p_t_one_sided"] < 0.05 and r4["verdict"] == "not confirmed"
+
+
+def test_band_compared_with_greens_expected_value_through_random():
+    """band at seed 0 vs green's mean effect over seeds 0-1, both relative to random; hand values."""
+    grid = _grid([("random", 0, 0.40), ("green", 0, 0.43), ("random", 1, 0.30), ("green", 1, 0.31),
+                  ("blue", 0, 0.41), ("blue", 1, 0.30)])
+    rows = pd.DataFrame({"sigma1": [0.7, 0.7, 1.0], "sigma2": [1.4, 1.4, 2.0], "band_centre": [0.22, 0.22, 0.15],
+                         "seed": [0, 1, 0], "knn_top1": [0.43, 0.31, 0.41], "linprobe_top1": np.nan})
+    line = [ln for ln in results.band_sweep_in_words(rows, grid) if "σ1 = 1 " in ln][0]
+    # green - random: +3, +1 -> mean +2 points; band - random at seed 0: +1 -> -1 point
+    assert "expected = −1.0 points" in line
+    # pooled paired std: green (+3, +1) sd sqrt(2), blue (+1, 0) sd sqrt(0.5) (points) -> sqrt(1.25), 2 dof;
+    # coefficients band +1, green -1/2 -1/2, random(0) -1 + 1/2, random(1) +1/2: sum c^2 = 2
+    half = stats.t.ppf(0.975, 2) * np.sqrt(1.25) / np.sqrt(2) * np.sqrt(2)
+    assert f"[{-1 - half:+.1f}, {-1 + half:+.1f}]".replace("-", "−") in line

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +20,7 @@ from matplotlib.figure import Figure
 
 from ..files import repo_relative
 from ..masks.stats import random_reference
-from ..models.mae import CONTROL
+from ..models.mae import CONTROL, PRESETS
 from . import paper_tables, results
 from .figures import KIND_COLORS, draw_mask, plot_loss_curves
 
@@ -273,9 +274,11 @@ def band_sweep_words(rows: pd.DataFrame, grid_table: pd.DataFrame, mask_table: p
 
 # ----------------------------------------------------------------------------- Table 4 (notebook 08)
 
-TABLE4_COLUMNS = ["params_m", "gflops_fwd_per_img", "gmacs_fwd_per_img", "memory_accounted_mib", "mask_state_mib",
+TABLE4_COLUMNS = ["batch", "params_m", "gflops_fwd_per_img", "gmacs_fwd_per_img", "memory_accounted_mib",
+                  "mask_state_mib",
                   "memory_vs_random", "cuda_peak_mib"]
 _KEY = ["preset", "mask", "source"]
+VIT_B = "mae_vit_base_patch16"
 
 
 def cost_records(cost_dir: str | Path, part: str) -> dict[str, tuple[pd.DataFrame, dict]]:
@@ -323,57 +326,292 @@ def table4_display(table4: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return t.apply(lambda col: col.map(fmt))  # Series.map: DataFrame.map needs pandas 2.1
 
 
-def table4_figure(table4: pd.DataFrame) -> Figure:
-    """Table 4 as bars for the first device of :func:`table4_ours`, one column per preset: training
-    memory vs random (%) on top, step time / random below with the timing noise floor shaded
-    (hatched bars: colors from a bank)."""
-    device = table4["device"].iloc[0]
+def _time_bars(ax, labels, ratios, colors, hatch, floor: float, title: str, ylabel: str) -> None:
+    """Step time / random as bars from 1 (the baseline), the noise floor shaded, each bar labelled."""
+    ratios = list(ratios)
+    bars = ax.bar(labels, [r - 1 for r in ratios], bottom=1.0, color=colors, hatch=hatch, edgecolor="0.3", lw=0.5)
+    ax.bar_label(bars, labels=[f"{r:.3f}" for r in ratios], fontsize=6, padding=1)
+    ax.axhline(1.0, color="0.4", lw=0.8)
+    if floor == floor:  # not NaN
+        ax.axhspan(min(1.0, floor), max(1.0, floor), color="0.5", alpha=0.25, lw=0)
+        title += f"; shaded: noise floor {floor:.3f}"
+    span = ratios + [floor if floor == floor else 1.0, 1.0]
+    lo, hi = min(span), max(span)
+    pad = 0.15 * (hi - lo) + 0.005
+    ax.set_ylim(lo - pad, hi + 2 * pad)  # room for the labels above the bars
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+
+
+def _short(preset: str) -> str:
+    return "ViT-B/16" if preset == VIT_B else "nano" if "nano" in preset else preset
+
+
+def table4_figure(table4: pd.DataFrame, device: str | None = None,
+                  device_run: tuple[pd.DataFrame, dict] | None = None) -> Figure:
+    """Table 4 as bars for one ``device`` of :func:`table4_ours` (default: "cuda" when it has rows, else
+    the first device), one column per preset: training memory added vs random (%, each bar labelled:
+    online masks add 0, which a bar cannot show) on top, step time / random below with the timing
+    noise floor shaded (hatched bars: colors from a bank). ``device_run`` (:func:`device_run_timing`)
+    adds a column with that record's step times (the H200 device check, ViT-B/16 at batch 128)."""
+    devices = list(dict.fromkeys(table4["device"]))
+    device = device or ("cuda" if "cuda" in devices else devices[0])
     ours = table4[table4["device"] == device].reset_index()
     presets = list(dict.fromkeys(ours["preset"]))
-    fig = Figure(figsize=(4.2 * len(presets), 3.4 * 2), layout="constrained")
-    axes = fig.subplots(2, len(presets), squeeze=False)
+    columns = len(presets) + (device_run is not None)
+    fig = Figure(figsize=(3.8 * columns, 3.3 * 2), layout="constrained")
+    axes = fig.subplots(2, columns, squeeze=False)
+
+    def style(r):
+        labels = [f"{m}\n{s}" if m != "random" else m for m, s in zip(r["mask"], r["source"])]
+        return labels, [KIND_COLORS[m] for m in r["mask"]], ["//" if s == "bank" else "" for s in r["source"]]
+
     for j, preset in enumerate(presets):
         r = ours[ours["preset"] == preset]
-        labels = [f"{m}\n{s}" if m != "random" else m for m, s in zip(r["mask"], r["source"])]
-        colors = [KIND_COLORS[m] for m in r["mask"]]
-        hatch = ["//" if s == "bank" else "" for s in r["source"]]
-        axes[0, j].bar(labels, 100 * r["memory_vs_random"], color=colors, hatch=hatch)
-        axes[0, j].set_ylabel("training memory vs random (%)")
-        axes[0, j].set_title(f"{preset}: params {r['params_m'].iloc[0]:.2f} M, "
-                             f"{r['gflops_fwd_per_img'].iloc[0]:.3g} GFLOP/img", fontsize=9)
+        labels, colors, hatch = style(r)
+        batch = f", batch {int(r['batch'].iloc[0])}" if "batch" in r else ""
+        top = axes[0, j]
+        bars = top.bar(labels, 100 * r["memory_vs_random"], color=colors, hatch=hatch, edgecolor="0.3", lw=0.5)
+        added = [f"+{mib:g} MiB\n+{100 * v:.2f} %" if mib else "+0"
+                 for mib, v in zip(r["mask_state_mib"], r["memory_vs_random"])]
+        top.bar_label(bars, labels=added, fontsize=6, padding=1)
+        top.set_ylim(0, max(100 * r["memory_vs_random"].max(), 0.01) * 1.45)
+        top.set_ylabel("training memory added vs random (%)", fontsize=8)
+        top.set_title(f"{_short(preset)} · {device}{batch}\nparams {r['params_m'].iloc[0]:.2f} M, "
+                      f"{r['gflops_fwd_per_img'].iloc[0]:.3g} GFLOP/img (every mask)", fontsize=8)
         if "time_vs_random" in r and r["time_vs_random"].notna().all():
-            axes[1, j].bar(labels, r["time_vs_random"], color=colors, hatch=hatch)
-            axes[1, j].axhline(1.0, color="0.4", lw=0.8)
             floor = r["noise_floor"].iloc[0] if "noise_floor" in r else float("nan")
-            if floor == floor:  # not NaN
-                axes[1, j].axhspan(min(1.0, floor), max(1.0, floor), color="0.5", alpha=0.25, lw=0,
-                                   label=f"noise floor (random again: {floor:.3f})")
-                axes[1, j].legend(fontsize=7, loc="lower right")
-            axes[1, j].set_ylabel(f"step time / random ({device})")
+            step = f"random {r['step_ms'].iloc[0]:.1f} ms/step" if "step_ms" in r else ""
+            _time_bars(axes[1, j], labels, r["time_vs_random"], colors, hatch, floor,
+                       f"{_short(preset)} · Table 4 timing · {device}{batch}\n{step}", f"step time / random ({device})")
         else:
             axes[1, j].text(0.5, 0.5, "timing not measured yet:\npython benchmarks/cost.py --part timing",
                             ha="center", va="center", transform=axes[1, j].transAxes)
             axes[1, j].set_axis_off()
-        for ax in axes[:, j]:
-            ax.tick_params(axis="x", labelsize=7)
+    if device_run is not None:
+        run, meta = device_run
+        colors_run = run[run["source"] != "again"]
+        labels, colors, hatch = style(colors_run)
+        floor = float(run.loc[run["source"] == "again", "time_vs_random"].iloc[0]) if (run["source"] == "again").any() \
+            else float("nan")
+        _time_bars(axes[1, -1], labels, colors_run["time_vs_random"], colors, hatch, floor,
+                   f"{_short(meta['preset'])} · H200 device check · batch {meta['batch']}, {meta['precision']}\n"
+                   f"random {colors_run['step_ms'].iloc[0]:.1f} ms/step", "step time / random (device check)")
+        axes[0, -1].text(0.5, 0.5, "H200 device check (below):\n" + meta["path"].replace("/gpu_check/", "/\ngpu_check/")
+                         + "\nstep times only", ha="center",
+                         va="center", fontsize=7, wrap=True, transform=axes[0, -1].transAxes)
+        axes[0, -1].set_axis_off()
+    for ax in axes.flat:
+        ax.tick_params(axis="x", labelsize=6)
+        ax.tick_params(axis="y", labelsize=7)
     bank = paper_tables.PAPER_BANK_MEMORY_INCREASE
-    fig.suptitle(f"Table 4 at our scale (hatched: bank; paper ViT-B: memory +{bank:.1%} with the bank, "
-                 "same params and FLOPs)", fontsize=9)
+    fig.suptitle(f"Table 4 at our scale (hatched: noise bank). Paper, ViT-B/16: same params and FLOPs for every "
+                 f"mask, memory +{bank * 100:.1f} % with the bank", fontsize=9)
     return fig
+
+
+# ----------------------------------------------------------------------------- cost in words (notebook 08, docs)
+
+DEVICE_RUN = "results/device_runs/2026-11-27_h200"   # the lent H200's gpu_check (ViT-B/16 at batch 128, bf16)
+DEVICE_RUN_TIMING = "gpu_check/3_pretrain_vitb_cuda.txt"
+_TIMING_ROW = re.compile(r"^(\w+)\s+(online|bank|again)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\d+)\s*$")
+
+
+def device_run_timing(run_dir: str | Path = DEVICE_RUN) -> tuple[pd.DataFrame, dict]:
+    """The ViT-B/16 step-time table of a device run's gpu_check (``gpu_check/3_pretrain_vitb_cuda.txt``):
+    one row per (mask, source) with ``step_ms``, ``images_per_s``, ``time_vs_random`` and ``peak_mib``
+    ("again": random timed a second time, the noise floor), and the table's header facts (``preset``,
+    ``batch``, ``precision``)."""
+    path = Path(run_dir) / DEVICE_RUN_TIMING
+    text = path.read_text()
+    header = re.search(r"^(\w+) \(.*\), (\w+) autocast.*batch (\d+)\)", text, re.M)
+    if header is None:
+        raise ValueError(f"{repo_relative(path)}: no '<preset> (...), <dtype> autocast (..., batch N)' header")
+    rows = [m.groups() for m in map(_TIMING_ROW.match, text.splitlines()) if m]
+    if not rows:
+        raise ValueError(f"{repo_relative(path)}: no timing rows")
+    frame = pd.DataFrame(rows, columns=["mask", "source", "step_ms", "images_per_s", "time_vs_random", "peak_mib"])
+    frame = frame.astype({"step_ms": float, "images_per_s": float, "time_vs_random": float, "peak_mib": int})
+    return frame, {"preset": header.group(1), "precision": header.group(2), "batch": int(header.group(3)),
+                   "path": repo_relative(path)}
+
+
+def attention_gflops_per_img(preset: str, mask_ratio: float = 0.75) -> float:
+    """Forward GFLOPs per image of the attention matmuls (q k^T and attn v, 2 * 2 s^2 D per block: s
+    tokens, D width) of an MAE ``preset`` at ``mask_ratio``: the encoder sees the kept patches and
+    [CLS], the decoder every patch and [CLS]. ``torch.utils.flop_counter`` counts these inside
+    ``scaled_dot_product_attention`` only where it has a formula for the fused kernel that runs."""
+    cfg = PRESETS[preset]
+    patches = (cfg.img_size // cfg.patch_size) ** 2
+    enc, dec = int(patches * (1 - mask_ratio)) + 1, patches + 1
+    return 4 * (cfg.depth * enc ** 2 * cfg.embed_dim + cfg.decoder_depth * dec ** 2 * cfg.decoder_embed_dim) / 1e9
+
+
+def _range(values) -> tuple[float, float]:
+    values = [float(v) for v in values]
+    return min(values), max(values)
+
+
+def cost_facts(cost_dir: str | Path, device_run_dir: str | Path = DEVICE_RUN) -> dict:
+    """The numbers the cost story rests on, from ``benchmarks/cost.py``'s records (``cost_dir``) and the
+    H200 device check (``device_run_dir``): what a mask adds in parameters, FLOPs and memory (online /
+    bank), the step-time ratios to random with their noise floors (H200 at batch 128; Table 4's own
+    timings per device), the FLOP counts per device and the paper's Table 4 memory."""
+    static = cost_records(cost_dir, "static")
+    timing = cost_records(cost_dir, "timing")
+    if not static:
+        raise FileNotFoundError(f"{repo_relative(Path(cost_dir))}: no static_*.json (python benchmarks/cost.py)")
+    facts: dict = {"params_added_m": 0.0, "gflops_added": 0.0, "online_memory_added_mib": 0.0, "params_m": {},
+                   "bank_mib": set(), "bank_vs_random": {}, "static_batch": {}, "gflops": {}}
+    for device, (rows, _) in static.items():
+        for preset, r in rows.groupby("preset", sort=False):
+            ref = r[r["mask"] == "random"].iloc[0]
+            facts["params_added_m"] = max(facts["params_added_m"], float((r["params_m"] - ref["params_m"]).abs().max()))
+            facts["gflops_added"] = max(facts["gflops_added"],
+                                        float((r["gflops_fwd_per_img"] - ref["gflops_fwd_per_img"]).abs().max()))
+            online = r[r["source"] == "online"]
+            facts["online_memory_added_mib"] = max(
+                facts["online_memory_added_mib"],
+                float((online["memory_accounted_mib"] - ref["memory_accounted_mib"]).abs().max()))
+            bank = r[r["source"] == "bank"]
+            facts["bank_mib"] |= set(bank["mask_state_mib"].astype(float))
+            facts["bank_vs_random"].setdefault(preset, float(bank["memory_vs_random"].iloc[0]))
+            facts["static_batch"].setdefault(preset, int(ref["batch"]))
+            facts["params_m"].setdefault(preset, float(ref["params_m"]))
+            facts["gflops"][(device, preset)] = float(ref["gflops_fwd_per_img"])
+    if len(facts["bank_mib"]) != 1:
+        raise ValueError(f"the records disagree on the bank's size: {sorted(facts['bank_mib'])} MiB")
+    facts["bank_mib"] = facts["bank_mib"].pop()
+    facts["attention_gflops"] = {preset: attention_gflops_per_img(preset) for preset in facts["params_m"]}
+    facts["timing"] = {}
+    for device, (rows, env) in timing.items():
+        for preset, r in rows.groupby("preset", sort=False):
+            colors = r[~r["mask"].isin(["random"])]
+            facts["timing"][(device, preset)] = {
+                "batch": int(r["batch"].iloc[0]), "device_name": env["device_name"],
+                "random_ms": float(r.loc[(r["mask"] == "random") & (r["source"] == "online"), "step_ms"].iloc[0]),
+                "online": _range(colors.loc[colors["source"] == "online", "time_vs_random"]),
+                "bank": _range(colors.loc[colors["source"] == "bank", "time_vs_random"]),
+                "all": _range(colors["time_vs_random"]),
+                "floor": float(r.loc[r["source"] == "again", "time_vs_random"].iloc[0])}
+    run, meta = device_run_timing(device_run_dir)
+    colors = run[run["mask"] != "random"]
+    facts["h200"] = {**meta, "random_ms": float(run.loc[(run["mask"] == "random") & (run["source"] == "online"),
+                                                        "step_ms"].iloc[0]),
+                     "online": _range(colors.loc[colors["source"] == "online", "time_vs_random"]),
+                     "bank": _range(colors.loc[colors["source"] == "bank", "time_vs_random"]),
+                     "all": _range(colors["time_vs_random"]),
+                     "floor": float(run.loc[run["source"] == "again", "time_vs_random"].iloc[0])}
+    paper = paper_tables.paper_table4()
+    facts["paper"] = {"params_m": float(paper["params_m"].iloc[0]), "gflops": float(paper["gflops"].iloc[0]),
+                      "memory_gb_random": float(paper.loc["random", "memory_gb"]),
+                      "memory_gb_colors": _range(paper.drop(index="random")["memory_gb"]),
+                      "memory_increase": paper_tables.PAPER_BANK_MEMORY_INCREASE}
+    return facts
+
+
+def _pct(x: float, digits: int = 2) -> str:
+    return f"{x * 100:.{digits}f} %"
+
+
+def _x(lo_hi: tuple[float, float], digits: int) -> str:
+    lo, hi = (f"{v:.{digits}f}" for v in lo_hi)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def cost_sentences(facts: dict) -> dict[str, str]:
+    """The cost story in sentences, every number from :func:`cost_facts` (the README, docs/benchmarks.md,
+    docs/gpu_and_clusters.md and notebook 08 quote these verbatim; ``tests/test_claims.py`` checks it):
+    ``summary`` (the README's one sentence), ``memory``, ``h200``, ``table4_cuda``, ``cpu``, ``flops``
+    and ``paper``."""
+    h = facts["h200"]
+    vit_b_bank = facts["bank_vs_random"][VIT_B]
+    bank = f"{facts['bank_mib']:g} MiB"
+    nano = next(p for p in facts["bank_vs_random"] if p != VIT_B)
+    gf = facts["gflops"]
+    sdpa_only = {p: abs(gf[("cuda", p)] - gf[("cpu", p)] - facts["attention_gflops"][p]) < 1e-6
+                 for p in facts["attention_gflops"] if ("cuda", p) in gf and ("cpu", p) in gf}
+    out = {
+        "summary": (f"They add no parameters; online color masks add no memory and a noise bank {bank} "
+                    f"(+{_pct(vit_b_bank)} of ViT-B/16's training memory at batch {facts['static_batch'][VIT_B]}), "
+                    "and on an H200 a ViT-B/16 pretraining "
+                    f"step (batch {h['batch']}, {h['precision']}) takes {_x(h['all'], 3)}× random's time "
+                    f"(noise floor {h['floor']:.3f})."),
+        "memory": (f"Every mask has the same parameters (+{facts['params_added_m']:g}: "
+                   f"{facts['params_m'][VIT_B]:.2f} M "
+                   f"for ViT-B/16, {facts['params_m'][nano]:.2f} M for the nano preset) and the same forward FLOPs "
+                   f"(+{facts['gflops_added']:g}). Online color masks keep no state between steps: "
+                   f"+{facts['online_memory_added_mib']:g} MiB of training memory; a noise bank keeps its patterns: "
+                   f"+{bank}, i.e. +{_pct(vit_b_bank)} for ViT-B/16 at batch {facts['static_batch'][VIT_B]} and "
+                   f"+{_pct(facts['bank_vs_random'][nano])} for the nano preset at batch {facts['static_batch'][nano]} "
+                   "(less at larger batches: the bank's size does not grow with the batch)."),
+        "h200": (f"On a lent H200 ({h['path']}; ViT-B/16, batch {h['batch']}, {h['precision']}) a training step "
+                 f"takes {h['random_ms']:.1f} ms with random masks, {_x(h['online'], 3)}× that with online color "
+                 f"masks and {_x(h['bank'], 3)}× with a bank; random timed a second time gives {h['floor']:.3f} "
+                 "(the noise floor)."),
+        "paper": (f"The paper's Table 4 (ViT-B/16, colors from a GPU-resident bank) has the same "
+                  f"{facts['paper']['params_m']:.2f} M parameters and {facts['paper']['gflops']:.2f} GFLOPs for "
+                  f"every mask; its +{_pct(facts['paper']['memory_increase'], 1)} is the bank's memory increase "
+                  f"({facts['paper']['memory_gb_random']:.2f} → {_x(facts['paper']['memory_gb_colors'], 2)} GB), "
+                  "not step time."),
+    }
+    if ("cuda", VIT_B) in facts["timing"]:
+        t = facts["timing"][("cuda", VIT_B)]
+        out["table4_cuda"] = (
+            f"Table 4's own CUDA timing (results/cost/timing_cuda.{{csv,json}}, {t['device_name']}) ran ViT-B/16 at "
+            "batch "
+            f"{t['batch']}: {t['random_ms']:.1f} ms a step for {t['batch']} images against {h['random_ms']:.1f} ms for "
+            f"{h['batch']} at batch {h['batch']}, so at batch {t['batch']} the step time is set by kernel launches, "
+            f"not by arithmetic; its ratios (online {_x(t['online'], 2)}, bank {_x(t['bank'], 2)}) spread around a "
+            f"noise floor of {t['floor']:.3f} and cannot tell the masks or the sources apart"
+            + (f" (the nano preset at batch {facts['timing'][('cuda', nano)]['batch']}: "
+               f"{facts['timing'][('cuda', nano)]['random_ms']:.1f} ms a step, ratios "
+               f"{_x(facts['timing'][('cuda', nano)]['all'], 2)}, floor {facts['timing'][('cuda', nano)]['floor']:.3f})"
+               if ("cuda", nano) in facts["timing"] else "")
+            + f". The batch-{h['batch']} device check is the GPU step time to quote.")
+    cpu = [(p, t) for (d, p), t in facts["timing"].items() if d == "cpu"]
+    if cpu:
+        out["cpu"] = ("On the 2-core CPU (results/cost/timing_cpu.{csv,json}, median of 5 rounds) the colors' step "
+                      "time is "
+                      + " and ".join(f"{_x(t['all'], 2)}× random's ({'ViT-B/16' if p == VIT_B else 'nano preset'}, "
+                                     "batch "
+                                     f"{t['batch']}; random timed twice: {t['floor']:.3f})" for p, t in cpu)
+                      + ": spread and noise floor of the same size, so this machine cannot tell the masks' step "
+                      "times apart.")
+    if VIT_B in sdpa_only:
+        g_cpu, g_cuda = facts["gflops"][("cpu", VIT_B)], facts["gflops"][("cuda", VIT_B)]
+        out["flops"] = (
+            f"torch.utils.flop_counter gives ViT-B/16 {g_cpu:.2f} GFLOPs per image on the CPU and {g_cuda:.2f} on "
+            f"CUDA (forward, 75 % masking); the difference, {g_cuda - g_cpu:.3f}, is "
+            + ("exactly" if sdpa_only[VIT_B] else "not only") + " the attention matmuls "
+            f"({facts['attention_gflops'][VIT_B]:.3f} GFLOPs: q k^T and attn v in every encoder and decoder block). "
+            "scaled_dot_product_attention runs as a fused kernel on both devices, but the counter has a FLOP "
+            "formula for the CUDA kernels (flash and memory-efficient attention) and none for the CPU one "
+            "(aten._scaled_dot_product_flash_attention_for_cpu), which it counts as 0"
+            + (" (the nano preset likewise: " + f"{facts['gflops'][('cpu', nano)]:.3f} against "
+               f"{facts['gflops'][('cuda', nano)]:.3f})" if sdpa_only.get(nano) else "")
+            + f". Table 4 lists each device's count in its own rows; the CUDA count "
+            f"({g_cuda:.2f}) is the complete one, and neither is comparable with the paper's "
+            f"{facts['paper']['gflops']:.2f} without its counting method.")
+    return out
 
 
 # ----------------------------------------------------------------------------- Tables 1-3 (notebook 08)
 
 def dense_summary(path: str | Path, metrics: Sequence[str]) -> pd.DataFrame | None:
     """'mean ± std (n=k)' per mask of a Penn-Fudan csv, one column ``f"{metric} %"`` per metric
-    (stored as fractions, shown in %; std ddof=1, 0 for one run; n counts pretraining seeds x
-    fine-tuning seeds), masks sorted by name; None when the experiment has not run."""
+    (stored as fractions, shown in %). The replicate is the pretraining seed: fine-tuning seeds are
+    averaged within it first (:func:`results.by_pretraining_seed`), then mean and std (ddof=1, 0 for
+    one) over pretraining seeds, n = pretraining seeds; masks sorted by name; None when the
+    experiment has not run. A csv without ``pretrain_seed`` counts each row as its own replicate."""
     path = Path(path)
     if not path.exists():
         log.warning("%s not found: not run yet", repo_relative(path))
         return None
     df = pd.read_csv(path)
     metrics = [m for m in metrics if m in df]
+    if "pretrain_seed" in df:
+        df = results.by_pretraining_seed(df, metrics)
     g = df.groupby("mask")[metrics]
     mean, std, n = g.mean() * 100, g.std(ddof=1).fillna(0) * 100, g.count()  # fractions -> %
     return pd.DataFrame({f"{m} %": [f"{a:.2f} ± {s:.2f} (n={k})" for a, s, k in zip(mean[m], std[m], n[m])]
@@ -432,3 +670,78 @@ def table3_ours(table1: pd.DataFrame) -> pd.DataFrame:
     """Our side of Table 3: the rows of :func:`table1_ours` for random (MAE), block-wise (BEiT's
     masking) and green (ColorMAE-G), named as the paper's methods."""
     return table1.reindex([m for m in TABLE3_NAMES if m in table1.index]).rename(index=TABLE3_NAMES)
+
+
+# ----------------------------------------------------------------------------- power (notebook 03, issue #23)
+
+# design -> (results folder, table file, metric, pairing unit): every comparison green - random, paired by
+# the pretraining seed (dense tasks: fine-tuning seeds averaged within each pretraining seed)
+POWER_DESIGNS = {
+    "CPU grid16, kNN": ("cifar10_grid16", "table.csv", "knn_top1", "seed"),
+    "CPU grid16, linear probe": ("cifar10_grid16", "table.csv", "linprobe_top1", "seed"),
+    "GPU grid16, kNN": ("cifar10_grid16_gpu", "table.csv", "knn_top1", "seed"),
+    "GPU grid16, linear probe": ("cifar10_grid16_gpu", "table.csv", "linprobe_top1", "seed"),
+    "GPU grid16, fine-tuned": ("cifar10_grid16_gpu", "table.csv", "finetune_top1", "seed"),
+    "Penn-Fudan, box AP": ("dense_pennfudan", "detection.csv", "ap_box", "pretrain_seed"),
+    "Penn-Fudan, mIoU": ("dense_pennfudan", "segmentation.csv", "miou", "pretrain_seed"),
+}
+
+
+def power_table(results_dir: str | Path, effect: float = 0.005, power: float = 0.8, alpha: float = 0.05,
+                mask: str = "green", reference: str = "random") -> pd.DataFrame:
+    """Per design of :data:`POWER_DESIGNS` found under ``results_dir``: the pairs it has, the observed
+    std of the paired differences ``mask - reference`` (points), the smallest true effect the
+    two-sided paired t test detects with ``power`` at that spread and n, and the pairs needed for
+    ``effect`` (a fraction: 0.005 = 0.5 points)."""
+    rows = []
+    for design, (folder, file, metric, unit) in POWER_DESIGNS.items():
+        path = Path(results_dir) / folder / file
+        if not path.exists():
+            log.warning("%s not found: %s left out", repo_relative(path), design)
+            continue
+        table = pd.read_csv(path)
+        if unit != "seed":
+            table = results.by_pretraining_seed(table, [metric], pretrain_seed=unit)
+        d = results.paired_differences(table, metric, reference)
+        if mask not in d.index or d.loc[mask, "n"] < 2:
+            continue
+        n, sd = int(d.loc[mask, "n"]), float(d.loc[mask, "std"])
+        rows.append({"design": design, "pairs": n, "paired sd (points)": round(sd * 100, 2),
+                     f"detectable at {power:.0%} power (points)": round(results.detectable_effect(sd, n, power, alpha) * 100, 2),
+                     f"pairs for {effect * 100:g} points": results.pairs_needed(effect, sd, power, alpha)})
+    return pd.DataFrame(rows).set_index("design")
+
+
+def power_in_words(power: pd.DataFrame, gains: pd.DataFrame) -> list[str]:
+    """What :func:`power_table` and :func:`paper_gain_by_epochs` mean together, one line per design
+    and one for the paper's smallest budget."""
+    detect = next(c for c in power.columns if c.startswith("detectable"))
+    need = next(c for c in power.columns if c.startswith("pairs for"))
+    lines = [f"{design}: with {int(r['pairs'])} pairs (paired sd {r['paired sd (points)']:.2f}) it detects a true "
+             f"difference of {r[detect]:.2f} points or more; {int(r[need])} pairs would detect "
+             f"{need.removeprefix('pairs for ')}"
+             + (" (an sd from 2 pairs has 1 degree of freedom: itself very uncertain)" if r["pairs"] < 3 else "")
+             for design, r in power.iterrows()]
+    first = gains.index.min()
+    lines.append(f"The paper's own green - random gain at {first} ImageNet epochs: "
+                 + ", ".join(f"{task} {v:+.2f}" for task, v in gains.loc[first].items())
+                 + " points (paper's numbers): far below what these designs detect, so they cannot test the "
+                 "paper's headline; only longer pretraining, where the paper's gain grows, or many more seed pairs could.")
+    return lines
+
+
+def confirmatory_words(table: pd.DataFrame, planned_seeds: Sequence[int]) -> list[str]:
+    """The preregistered replication's primary (kNN) and secondary (linear probe) results in words."""
+    return [results.confirmatory_in_words(results.confirmatory_test(table, metric, planned_seeds=planned_seeds),
+                                          endpoint=endpoint)
+            for metric, endpoint in (("knn_top1", "primary"), ("linprobe_top1", "secondary"))]
+
+
+def paper_gain_by_epochs(mask: str = "green", reference: str = "random") -> pd.DataFrame:
+    """The paper's own ``mask - reference`` gain per task and pretraining epochs (paper's numbers,
+    points): how the effect this compendium tests grows with the pretraining budget."""
+    gains = {task: {epochs: rows[mask] - rows[reference] for epochs, rows in by_epochs.items()}
+             for task, by_epochs in paper_tables.PAPER_TABLE1.items()}
+    out = pd.DataFrame(gains).round(2)
+    out.index.name = "paper: pretrain epochs"
+    return out

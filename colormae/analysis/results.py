@@ -7,11 +7,13 @@ Statistics: runs of one seed share model init, data order and augmentation, so t
 compared by their PAIRED per-seed differences, with a t interval over the seeds both have."""
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats
+from scipy.optimize import brentq
 
 from ..masks.maskers import make_masker
 from ..masks.noise import DEFAULT_PARAMS
@@ -52,12 +54,20 @@ def summarize_by_mask(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1",
     return out.loc[mask_order(out.index)]
 
 
+def fixed(x: float, digits: int = 2) -> str:
+    """``x`` with ``digits`` decimals, halves rounded up as a reader would (36.855 -> 36.86): a mean of
+    test accuracies is a short decimal whose binary float may sit just below the half (36.854999...),
+    which ``f"{x:.2f}"`` rounds down. Values are first read at 10 significant digits."""
+    q = Decimal(f"{x:.10g}").quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return f"{q:.{digits}f}"
+
+
 def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, digits: int = 2) -> pd.Series:
     """'mean ± std (n=k)' strings (std with ddof=1), accuracies shown in % by default; one run: 'mean (n=1)';
-    no value (the untrained control has no pretraining loss): '—'."""
+    no value (the untrained control has no pretraining loss): '—'. Halves round up (:func:`fixed`)."""
     mean, std, n = summary[f"{metric}_mean"] * scale, summary[f"{metric}_std"] * scale, summary[f"{metric}_n"]
-    return pd.Series([f"{m:.{digits}f} ± {s:.{digits}f} (n={k})" if k > 1 else f"{m:.{digits}f} (n=1)" if k == 1
-                      else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
+    return pd.Series([f"{fixed(m, digits)} ± {fixed(s, digits)} (n={k})" if k > 1 else f"{fixed(m, digits)} (n=1)"
+                      if k == 1 else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
 
 
 def mean_std_columns(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), prefix: str = "ours: ") -> pd.DataFrame:
@@ -77,6 +87,57 @@ def _per_seed(table: pd.DataFrame, mask: str, metric: str) -> pd.Series:
     return rows.set_index("seed")[metric].astype(float)
 
 
+ALTERNATIVES = ("two-sided", "greater", "less")
+
+
+def _check_alternative(alternative: str) -> None:
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative={alternative!r}; allowed values: {', '.join(ALTERNATIVES)}")
+
+
+def sign_flip_p(d, alternative: str = "two-sided") -> float:
+    """Exact sign-flip (permutation) p of the mean of paired differences ``d``: the share of all 2^n
+    sign patterns whose mean is at least as extreme as the observed one (H0: d symmetric about 0).
+    n <= 20 (2^20 patterns); NaN for an empty ``d``."""
+    _check_alternative(alternative)
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n == 0:
+        return float("nan")
+    if n > 20:
+        raise ValueError(f"sign_flip_p enumerates 2^n patterns: n={n} > 20")
+    signs = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1) * 2 - 1
+    means = (signs * np.abs(d)).mean(axis=1)
+    obs, tol = d.mean(), 1e-12 * max(1.0, float(np.abs(d).max()))
+    if alternative == "greater":
+        return float(np.mean(means >= obs - tol))
+    if alternative == "less":
+        return float(np.mean(means <= obs + tol))
+    return float(np.mean(np.abs(means) >= abs(obs) - tol))
+
+
+def paired_t_p(d, alternative: str = "two-sided") -> float:
+    """p of the paired t test (one-sample t of the differences ``d`` against 0); NaN for n < 2."""
+    _check_alternative(alternative)
+    d = np.asarray(d, dtype=float)
+    if len(d) < 2:
+        return float("nan")
+    return float(stats.ttest_1samp(d, 0.0, alternative=alternative).pvalue)
+
+
+def holm(p) -> np.ndarray:
+    """Holm's step-down adjusted p for a family of tests (NaNs are not in the family and stay NaN):
+    the k-th smallest p times (m - k + 1), made non-decreasing, capped at 1."""
+    p = np.asarray(p, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(~np.isnan(p))
+    m, running = len(ok), 0.0
+    for rank, i in enumerate(ok[np.argsort(p[ok], kind="stable")]):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
 def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
                        confidence: float = 0.95) -> pd.DataFrame:
     """Per mask: the paired difference ``mask - reference`` of ``metric`` over the seeds both have.
@@ -85,14 +146,19 @@ def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference:
     what varies with the mask alone. With n = number of common seeds: ``diff`` = mean(d),
     ``std`` = std(d, ddof=1) and the ``confidence`` interval diff ± t_{(1+confidence)/2, n-1} std / sqrt(n)
     (Student t, n - 1 degrees of freedom). One common seed: ``diff`` only, interval NaN.
-    ``resolved`` is True when the interval excludes 0. Rows follow :func:`mask_order`; the reference
-    itself and masks without a common seed are left out. Values are in the table's units (fractions).
+    ``p_t``: two-sided paired t p; ``p_signflip``: exact two-sided sign-flip p (:func:`sign_flip_p`);
+    ``p_holm``: ``p_t`` Holm-adjusted over the family of masks compared with this reference (every
+    pretrained mask of the table; the untrained control, when it is not the reference, is a family of
+    its own). ``resolved``: ``p_holm`` < 1 - ``confidence`` (the interval itself is unadjusted). Rows
+    follow :func:`mask_order`; the reference itself and masks without a common seed are left out.
+    Values are in the table's units (fractions).
     """
     if metric not in table:
         raise ValueError(f"metric={metric!r} is not a column of the table; columns: {', '.join(table.columns)}")
     if not 0 < confidence < 1:
         raise ValueError(f"confidence={confidence} must be in the open interval (0, 1)")
-    columns = ["mask", "reference", "metric", "n", "seeds", "diff", "std", "ci_low", "ci_high", "resolved", "confidence"]
+    columns = ["mask", "reference", "metric", "n", "seeds", "diff", "std", "ci_low", "ci_high", "p_t", "p_signflip",
+               "p_holm", "family", "resolved", "confidence"]
     if reference not in set(table["mask"]):
         return pd.DataFrame(columns=columns).set_index("mask")
     ref = _per_seed(table, reference, metric)
@@ -110,17 +176,25 @@ def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference:
         half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n) if n > 1 else float("nan")
         lo, hi = d.mean() - half, d.mean() + half
         rows.append({"mask": mask, "reference": reference, "metric": metric, "n": n, "seeds": seeds,
-                     "diff": d.mean(), "std": std, "ci_low": lo, "ci_high": hi,
-                     "resolved": bool(n > 1 and (lo > 0 or hi < 0)), "confidence": confidence})
-    return pd.DataFrame(rows, columns=columns).set_index("mask")
+                     "diff": d.mean(), "std": std, "ci_low": lo, "ci_high": hi, "p_t": paired_t_p(d),
+                     "p_signflip": sign_flip_p(d), "confidence": confidence})
+    out = pd.DataFrame(rows, columns=columns).set_index("mask")
+    control = out.index == CONTROL
+    for members in (~control, control):
+        out.loc[members, "p_holm"] = holm(out.loc[members, "p_t"].to_numpy(dtype=float))
+        out.loc[members, "family"] = int(out.loc[members, "p_t"].notna().sum())
+    out["resolved"] = (out["p_holm"] < 1 - confidence).astype(bool)
+    return out
 
 
 def format_paired(diffs: pd.DataFrame, scale: float = 100.0, digits: int = 2) -> pd.Series:
-    """'+0.40 [-0.30, +1.10] (n=3)' per mask (points by default); one seed: '+0.40 (n=1, no CI)'."""
+    """'+0.40 [-0.30, +1.10] (n=3, Holm p 0.21)' per mask (points by default; the interval is
+    unadjusted, the p Holm-adjusted over the family); one seed: '+0.40 (n=1, no CI)'."""
     def one(r) -> str:
         if r["n"] < 2:
             return f"{r['diff'] * scale:+.{digits}f} (n=1, no CI)"
-        return f"{r['diff'] * scale:+.{digits}f} [{r['ci_low'] * scale:+.{digits}f}, {r['ci_high'] * scale:+.{digits}f}] (n={r['n']})"
+        return (f"{r['diff'] * scale:+.{digits}f} [{r['ci_low'] * scale:+.{digits}f}, "
+                f"{r['ci_high'] * scale:+.{digits}f}] (n={r['n']}, Holm p {r['p_holm']:.2g})")
     return pd.Series([one(r) for _, r in diffs.iterrows()], index=diffs.index, dtype=object)
 
 
@@ -143,10 +217,13 @@ def _points(x: float, digits: int) -> str:
     return f"{x * 100:+.{digits}f}".replace("-", "−")
 
 
-def differences_in_words(diffs: pd.DataFrame, digits: int = 1) -> list[str]:
-    """One sentence per row of :func:`paired_differences`: the difference in points, its interval,
-    and whether it is resolved (the interval excludes 0) with how many seeds. The untrained control
-    is left out unless it is the reference (its difference is then said once, from the masks' side)."""
+def differences_in_words(diffs: pd.DataFrame, digits: int = 1, design: str = "exploratory") -> list[str]:
+    """One sentence per row of :func:`paired_differences`: the difference in points, its (unadjusted)
+    interval, the paired t p Holm-adjusted over the family, the exact sign-flip p, and whether it is
+    resolved after adjustment, labelled with ``design`` ("exploratory" or "confirmatory"). The
+    untrained control is left out unless it is the reference (said once, from the masks' side)."""
+    if design not in ("exploratory", "confirmatory"):
+        raise ValueError(f"design={design!r}; allowed values: exploratory, confirmatory")
     lines = []
     for mask, r in diffs.iterrows():
         if mask == CONTROL:
@@ -156,10 +233,101 @@ def differences_in_words(diffs: pd.DataFrame, digits: int = 1) -> list[str]:
             lines.append(f"{head} from 1 seed: no interval (needs 2 or more seeds of both), not resolved")
             continue
         ci = f"{round(r['confidence'] * 100)} % CI [{_points(r['ci_low'], digits)}, {_points(r['ci_high'], digits)}]"
+        tests = (f"paired t p = {r['p_t']:.2g}, Holm-adjusted over {int(r['family'])} "
+                 f"{'comparison' if r['family'] == 1 else 'comparisons'} p = {r['p_holm']:.2g}, "
+                 f"exact sign-flip p = {r['p_signflip']:.2g}")
         verdict = (f"resolved with {r['n']} seeds ({mask} {'above' if r['diff'] > 0 else 'below'} {r['reference']})"
                    if r["resolved"] else f"not resolved with {r['n']} seeds")
-        lines.append(f"{head}, {ci}: {verdict}")
+        lines.append(f"{head}, {ci}; {tests}: {verdict} ({design})")
     return lines
+
+
+# ----------------------------------------------------------------------------- confirmatory tests
+
+def confirmatory_test(table: pd.DataFrame, metric: str = "knn_top1", mask: str = "green", reference: str = "random",
+                      planned_seeds=None, alpha: float = 0.05, confidence: float = 0.95) -> dict:
+    """The preregistered test (results/cifar10_grid16_confirm/PREREGISTRATION.md): paired differences
+    ``mask - reference`` of ``metric`` by seed, one-sided paired t and one-sided exact sign-flip p
+    (H1: mean > 0), both < ``alpha`` to confirm, with the two-sided ``confidence`` t interval. Until
+    every one of ``planned_seeds`` has both runs the verdict is "incomplete" (no early look decides)."""
+    d_all = paired_differences(table, metric, reference, confidence)
+    done = sorted(d_all.loc[mask, "seeds"]) if mask in d_all.index else []
+    planned = sorted(planned_seeds) if planned_seeds is not None else done
+    d = (_per_seed(table, mask, metric).loc[done] - _per_seed(table, reference, metric).loc[done]).to_numpy()
+    out = {"metric": metric, "mask": mask, "reference": reference, "planned_seeds": planned, "seeds": done,
+           "n": len(done), "diff": float(d.mean()) if len(d) else float("nan"),
+           "ci_low": float(d_all.loc[mask, "ci_low"]) if len(d) > 1 else float("nan"),
+           "ci_high": float(d_all.loc[mask, "ci_high"]) if len(d) > 1 else float("nan"),
+           "p_t_one_sided": paired_t_p(d, "greater"), "p_signflip_one_sided": sign_flip_p(d, "greater"),
+           "alpha": alpha}
+    if set(planned) - set(done):
+        out["verdict"] = "incomplete"
+    else:
+        confirmed = out["p_t_one_sided"] < alpha and out["p_signflip_one_sided"] < alpha
+        out["verdict"] = "confirmed" if confirmed else "not confirmed"
+    return out
+
+
+def confirmatory_in_words(result: dict, digits: int = 2, endpoint: str = "primary") -> str:
+    """One sentence for :func:`confirmatory_test`, labelled confirmatory and with its ``endpoint``
+    ("primary": the claim rests on it; "secondary": reported, no claim)."""
+    if endpoint not in ("primary", "secondary"):
+        raise ValueError(f"endpoint={endpoint!r}; allowed values: primary, secondary")
+    label = METRIC_LABELS.get(result["metric"], result["metric"])
+    head = f"{label}, {result['mask']} − {result['reference']} (confirmatory, preregistered, {endpoint} endpoint)"
+    if result["verdict"] == "incomplete":
+        return (f"{head}: {result['n']} of {len(result['planned_seeds'])} planned pairs have run; no verdict "
+                "until all have (no interim look decides)")
+    return (f"{head}: {_points(result['diff'], digits)} points over {result['n']} pairs, 95 % CI "
+            f"[{_points(result['ci_low'], digits)}, {_points(result['ci_high'], digits)}]; one-sided paired t "
+            f"p = {result['p_t_one_sided']:.2g}, one-sided exact sign-flip p = {result['p_signflip_one_sided']:.2g} "
+            f"(both must be < {result['alpha']:g}): {result['verdict']}")
+
+
+# ----------------------------------------------------------------------------- dense tasks and power
+
+def by_pretraining_seed(table: pd.DataFrame, metrics, pretrain_seed: str = "pretrain_seed") -> pd.DataFrame:
+    """Dense-task rows (mask, pretraining seed, fine-tuning seed) averaged over the fine-tuning seeds
+    of each pretraining seed: one row per (mask, ``seed`` = pretraining seed), ready for
+    :func:`paired_differences`. The pretraining seed is the replicated unit of a mask's effect;
+    fine-tuning seeds of one encoder are not independent replicates of it."""
+    missing = [c for c in ("mask", pretrain_seed, *metrics) if c not in table]
+    if missing:
+        raise ValueError(f"columns {missing} are not in the table; columns: {', '.join(table.columns)}")
+    g = table.groupby(["mask", pretrain_seed], sort=False)
+    out = g[list(metrics)].mean().reset_index().rename(columns={pretrain_seed: "seed"})
+    out["finetune_runs"] = g.size().to_numpy()
+    return out
+
+
+def paired_t_power(effect: float, sd: float, n: int, alpha: float = 0.05, alternative: str = "two-sided") -> float:
+    """Power of the paired t test with ``n`` pairs to detect a true mean difference ``effect`` when
+    the paired differences have standard deviation ``sd`` (noncentral t)."""
+    _check_alternative(alternative)
+    if n < 2 or sd <= 0:
+        raise ValueError(f"paired_t_power needs n >= 2 and sd > 0, got n={n}, sd={sd}")
+    df, nc = n - 1, effect / (sd / np.sqrt(n))
+    if alternative == "two-sided":
+        tc = stats.t.ppf(1 - alpha / 2, df)
+        far_tail = np.nan_to_num(stats.nct.cdf(-tc, df, abs(nc)), nan=0.0)  # underflows to NaN far out
+        return float(stats.nct.sf(tc, df, abs(nc)) + far_tail)
+    tc = stats.t.ppf(1 - alpha, df)
+    return float(stats.nct.sf(tc, df, nc) if alternative == "greater" else stats.nct.cdf(-tc, df, -abs(nc)))
+
+
+def detectable_effect(sd: float, n: int, power: float = 0.8, alpha: float = 0.05,
+                      alternative: str = "two-sided") -> float:
+    """The smallest true mean difference the paired t test with ``n`` pairs detects with ``power``."""
+    return float(brentq(lambda e: paired_t_power(e, sd, n, alpha, alternative) - power, 1e-9 * sd, 20 * sd))
+
+
+def pairs_needed(effect: float, sd: float, power: float = 0.8, alpha: float = 0.05,
+                 alternative: str = "two-sided", most: int = 10_000) -> int:
+    """The fewest seed pairs for which the paired t test detects ``effect`` with ``power``."""
+    for n in range(2, most + 1):
+        if paired_t_power(effect, sd, n, alpha, alternative) >= power:
+            return n
+    raise ValueError(f"more than most={most} pairs needed for effect={effect} at sd={sd}")
 
 
 class Band(tuple):
@@ -321,15 +489,18 @@ def pooled_paired_std(table: pd.DataFrame, metric: str, reference: str = "random
 
 def band_sweep_in_words(rows: pd.DataFrame, grid_table: pd.DataFrame, metric: str = "knn_top1",
                         confidence: float = 0.95, digits: int = 1) -> list[str]:
-    """Which band scores best on ``metric`` at the seeds every band has, and each band's paired
-    difference to the default green band with an interval.
+    """Which band scores best on ``metric`` at the seeds every band has, and each band's difference
+    to the default green band's EXPECTED value at the band's seeds, with an interval.
 
     ``rows``: one row per (band, seed) (:func:`load_band_sweep`). Runs of one seed share init, data
-    order and augmentation, and the seed effect is large next to the bands' differences (on the
-    16x16 grid, seeds 3-4 of random and green score ~1.5 kNN points below seeds 0-2), so bands are
-    compared at the seeds both have: diff = mean over common seeds of (band - default), interval
-    diff ± t s / sqrt(n_common), with s the paired-difference std pooled over the grid's masks vs
-    random (:func:`pooled_paired_std`; assumes the bands share the masks' residual noise)."""
+    order and augmentation, and the seed effect is large next to the bands' differences, so a band is
+    compared through ``random`` at its own seeds: diff = mean_B(band - random) - mean_G(green - random),
+    B the band's seeds, G the default green's seeds in ``grid_table``. Comparing with green's run at
+    the band's seed alone would lean on one green run (green's seed 0 is its best against random).
+    Under "run = seed effect + mask effect + independent noise of std sigma", the variance of diff is
+    sigma^2 sum(c^2) over the runs' coefficients c (random's run of a seed in both B and G enters
+    twice); sigma = s / sqrt(2), s the paired-difference std pooled over the grid's masks vs random
+    (:func:`pooled_paired_std`, its dof for the t quantile; assumes the bands share that noise)."""
     label = METRIC_LABELS.get(metric, metric)
     if metric not in rows:
         raise ValueError(f"metric={metric!r} is not a column of the rows; columns: {', '.join(rows.columns)}")
@@ -355,25 +526,35 @@ def band_sweep_in_words(rows: pd.DataFrame, grid_table: pd.DataFrame, metric: st
     s1, s2 = default_green_band()
     if (s1, s2) not in bands:
         return lines + [f"{label}: the default green band (σ1 = {s1:g}) has no result: no differences to it"]
-    default = bands[(s1, s2)]
+    ref = _per_seed(grid_table, "random", metric) if "random" in set(grid_table["mask"]) else pd.Series(dtype=float)
+    green = _per_seed(grid_table, "green", metric) if "green" in set(grid_table["mask"]) else pd.Series(dtype=float)
+    G = sorted(set(green.index) & set(ref.index))
+    if not G:
+        return lines + [f"{label}: the grid has no default-green run paired with random: no differences to it"]
+    green_effect = float((green.loc[G] - ref.loc[G]).mean())
     sd, dof = pooled_paired_std(grid_table, metric)
     pct = round(confidence * 100)
     for (b1, b2), v in sorted(bands.items(), key=lambda kv: -centre[kv[0]]):
         if (b1, b2) == (s1, s2):
             continue
-        seeds = sorted(set(v.index) & set(default.index))
-        head = f"{label}: σ1 = {b1:g} (centre {centre[(b1, b2)]:.3f}) − default green (σ1 = {s1:g})"
-        if not seeds:
-            lines.append(f"{head}: no common seed, not compared")
+        B = sorted(set(v.index) & set(ref.index))
+        head = f"{label}: σ1 = {b1:g} (centre {centre[(b1, b2)]:.3f}) − default green (σ1 = {s1:g}) expected"
+        if not B:
+            lines.append(f"{head}: no seed with a random run, not compared")
             continue
-        diff = float((v.loc[seeds] - default.loc[seeds]).mean())
-        head += f" = {_points(diff, digits)} points (paired at seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+        diff = float((v.loc[B] - ref.loc[B]).mean()) - green_effect
+        head += (f" = {_points(diff, digits)} points (band at seed{'s' if len(B) > 1 else ''} "
+                 f"{', '.join(map(str, B))} vs green's mean effect over {len(G)} seeds, both through random)")
         if dof == 0:
             lines.append(f"{head}: no interval (no grid mask has 2 seeds in common with random yet), not resolved")
             continue
-        half = stats.t.ppf((1 + confidence) / 2, dof) * sd / np.sqrt(len(seeds))
+        coef = {("band", s): 1 / len(B) for s in B} | {("green", s): -1 / len(G) for s in G}
+        for s in set(B) | set(G):
+            coef[("random", s)] = -(s in B) / len(B) + (s in G) / len(G)
+        half = stats.t.ppf((1 + confidence) / 2, dof) * sd / np.sqrt(2) * np.sqrt(sum(c * c for c in coef.values()))
         resolved = abs(diff) > half
         lines.append(f"{head}, {pct} % CI [{_points(diff - half, digits)}, {_points(diff + half, digits)}] "
-                     f"(paired-difference std pooled over the grid, {dof} dof): "
-                     + (f"resolved ({'above' if diff > 0 else 'below'} the default)" if resolved else "not resolved"))
+                     f"(noise pooled over the grid's paired differences, {dof} dof): "
+                     + (f"resolved ({'above' if diff > 0 else 'below'} the default; exploratory)" if resolved
+                        else "not resolved (exploratory)"))
     return lines

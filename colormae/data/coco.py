@@ -14,13 +14,15 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+
+from .datasets import decode_image_file
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -59,11 +61,26 @@ def check_annotations(data: dict, where: str) -> dict:
     for key in ("images", "annotations", "categories"):
         if not data.get(key):
             raise ValueError(f"{where}: no {key} (the '{key}' list is missing or empty)")
+    for key in ("images", "annotations", "categories"):
+        for item in data[key]:
+            if not isinstance(item, dict) or "id" not in item:
+                raise ValueError(f"{where}: an entry of '{key}' has no id: {str(item)[:80]}")
+        seen: set = set()
+        dup = [item["id"] for item in data[key] if item["id"] in seen or seen.add(item["id"])]
+        if dup:
+            raise ValueError(f"{where}: duplicate {key[:-1].replace('categorie', 'category')} id(s) "
+                             f"{sorted(set(map(str, dup)))[:5]} in '{key}' (ids must be unique)")
     images = {img["id"]: img for img in data["images"]}
     cats = {c["id"] for c in data["categories"]}
     skipped = {"crowd": 0, "zero_area": 0}
     for ann in data["annotations"]:
         entry = f"{where}: annotation id {ann.get('id')}"
+        box = ann.get("bbox")
+        if "bbox" not in ann:
+            raise ValueError(f"{entry} has no bbox")
+        if (not isinstance(box, (list, tuple)) or len(box) != 4
+                or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+            raise ValueError(f"{entry}: bbox {box!r} is not 4 finite numbers [x, y, w, h]")
         img = images.get(ann.get("image_id"))
         if img is None:
             raise ValueError(f"{entry} refers to image_id {ann.get('image_id')}, absent from 'images'")
@@ -135,8 +152,7 @@ class CocoInstances(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         info = self.coco.imgs[self.ids[i]]
         path = self.images_dir / info["file_name"]
-        with Image.open(path) as img:
-            image = torch.from_numpy(np.asarray(img.convert("RGB")).transpose(2, 0, 1).copy())
+        image = torch.from_numpy(np.asarray(decode_image_file(str(path))).transpose(2, 0, 1).copy())
         if tuple(image.shape[1:]) != (info["height"], info["width"]):
             raise ValueError(f"{path}: image is {image.shape[2]} x {image.shape[1]}, its annotation says "
                              f"{info['width']} x {info['height']} (image id {info['id']})")

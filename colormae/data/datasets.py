@@ -165,6 +165,12 @@ def _open_rgb(path: str) -> Image.Image:
         return _decode(f, path)
 
 
+# the one image decoder of every dataset kind (classification, segmentation, detection): RGB,
+# 16-bit scaled (not clipped), unreadable files a CorruptImageError naming them
+decode_image = _decode            # (file object or path, name for messages) -> PIL RGB
+decode_image_file = _open_rgb     # a path, refusing FIFOs and devices
+
+
 class _SkipCorrupt:
     """Mixin for file-backed datasets: ``__getitem__`` with the corrupt-image policy.
 
@@ -307,9 +313,37 @@ class CheckedImageFolder(_SkipCorrupt, datasets.ImageFolder):
     def sample_name(self, index: int) -> str:
         return self.samples[index][0]
 
+    @staticmethod
+    def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+        """torchvision's scan without following directory symlinks (``os.walk`` with
+        ``followlinks=True`` there: a link to a parent folder repeats the tree until the path is
+        too long). A symlinked file is kept; a symlinked folder below a class folder is skipped, with a
+        warning."""
+        return scan_image_folder(directory, class_to_idx, extensions or IMG_EXTENSIONS)
+
     def _read(self, index: int) -> tuple[Image.Image, int]:
         path, target = self.samples[index]
         return self.loader(path), target
+
+
+def scan_image_folder(directory, class_to_idx: dict[str, int], extensions) -> list[tuple[str, int]]:
+    """(path, class index) of every image under ``directory/<class>/`` (sorted), walking real
+    folders only: directory symlinks are not followed (a loop such as ``cat/up -> ..`` would
+    multiply the data set)."""
+    extensions = tuple(e.lower() for e in extensions)
+    samples = []
+    for cls in sorted(class_to_idx):
+        top = os.path.join(directory, cls)  # a class folder may itself be a link; links below it are not followed
+        for dirpath, dirnames, filenames in sorted(os.walk(top, followlinks=False)):
+            for d in dirnames:
+                if os.path.islink(os.path.join(dirpath, d)):
+                    log.warning("not following the folder symlink %s", os.path.join(dirpath, d))
+            for name in sorted(filenames):
+                if name.lower().endswith(extensions):
+                    samples.append((os.path.join(dirpath, name), class_to_idx[cls]))
+    if not samples:
+        raise FileNotFoundError(f"found no valid image file in {directory} (extensions {', '.join(extensions)})")
+    return samples
 
 
 @functools.lru_cache(maxsize=None)

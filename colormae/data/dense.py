@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .datasets import IMG_EXTENSIONS, default_data_root
+from .datasets import IMG_EXTENSIONS, CorruptImageError, decode_image, default_data_root
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,9 @@ def _decode_mask(data, name: str) -> np.ndarray:
 
 
 def _decode_rgb(data, name: str) -> np.ndarray:
-    try:
-        with Image.open(data) as img:
-            img.load()
-            return np.asarray(img.convert("RGB"))
-    except Exception as err:
-        raise ValueError(f"cannot read image {name}: {type(err).__name__}: {err}") from err
+    """uint8 [H, W, 3] through the classification datasets' decoder (16-bit images scaled, not
+    clipped; an unreadable file is a CorruptImageError naming it)."""
+    return np.asarray(decode_image(data, name))
 
 
 Entry = tuple[str, object]  # (file name for messages, bytes or a path to decode)
@@ -236,8 +233,12 @@ def check_folder_masks(ds: SegmentationData) -> None:
     """Users' masks, checked before training: each mask's size against its image's (read from the
     image header, not decoded) and its values against the classes; errors name the file."""
     for name, img_path, mask_path in ds.items:
-        with Image.open(img_path) as img:
-            width, height = img.size
+        try:
+            with Image.open(img_path) as img:
+                width, height = img.size
+        except Exception as err:  # zero-byte or foreign file: name it
+            raise CorruptImageError(f"cannot read image {img_path}: {type(err).__name__}: {err}",
+                                    str(img_path)) from err
         mask = _decode_mask(mask_path, str(mask_path))
         if mask.shape != (height, width):
             raise ValueError(f"{mask_path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image's "
@@ -260,8 +261,32 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Entry]:
     return {p.stem: (str(p), p) for p in sorted(folder.iterdir()) if p.suffix.lower() in suffixes and p.is_file()}
 
 
+def _readable(items: list, max_fraction: float) -> list:
+    """``skip_corrupt``: the (name, image, mask) items whose image and mask files open (headers
+    read, as classification's --skip-corrupt counts unreadable files); the others are skipped with
+    a warning naming them, and more than ``max_fraction`` of them is an error listing them."""
+    kept, skipped = [], []
+    for item in items:
+        try:
+            for path in item[1:]:
+                with Image.open(path):
+                    pass
+            kept.append(item)
+        except Exception:  # noqa: BLE001 - zero-byte, truncated header, foreign file
+            skipped.append(str(item[1]))
+    if skipped:
+        log.warning("skipping %d unreadable image/mask pair(s) (--skip-corrupt): %s", len(skipped),
+                    ", ".join(skipped[:10]))
+    if len(skipped) > max_fraction * len(items):
+        raise ValueError(f"{len(skipped)} of {len(items)} images ({len(skipped) / len(items):.2%}) are unreadable, "
+                         f"more than the allowed {max_fraction:.2%} (--max-corrupt-fraction): "
+                         + ", ".join(skipped[:20]))
+    return kept
+
+
 def build_segmentation(data: str, root: str | os.PathLike | None, split: str, num_classes: int | None = None,
-                       length: int | None = None) -> SegmentationData:
+                       length: int | None = None, skip_corrupt: bool = False,
+                       max_corrupt_fraction: float = 0.01) -> SegmentationData:
     """``split`` ("train" or "test") of ``data`` (one of ``SEG_DATA``); ``length``: an evenly spaced subset.
 
     * pennfudan: ``root`` as ``pennfudan_root``; the fixed split (test = last 50 by name); 2 classes.
@@ -301,6 +326,8 @@ def build_segmentation(data: str, root: str | os.PathLike | None, split: str, nu
                 raise FileNotFoundError(f"{data} data_root={str(root)!r}: no folder {d}")
         pairs = pair_images_masks(_files(img_dir, IMG_EXTENSIONS), _files(mask_dir, (".png",)), str(img_dir))
         items = [(n, img[1], mask[1]) for n, img, mask in pairs]
+        if skip_corrupt:
+            items = _readable(items, max_corrupt_fraction)
         ds = SegmentationData(items, expected or num_classes, _ade_label if data == "ade20k" else None)
         if data == "folder":
             check_folder_masks(ds)

@@ -50,9 +50,9 @@ import torch.nn.functional as F
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
 
-from . import datasets as data_lib
 from ..files import save_torch
 from ..runtime import progress
+from . import datasets as data_lib
 
 log = logging.getLogger(__name__)
 PIPELINES = ("auto", "memory", "files", "gpu-decode")

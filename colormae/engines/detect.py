@@ -14,9 +14,12 @@ Evaluation runs once, at the end, on rank 0 (the other ranks wait).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -30,7 +33,7 @@ from ..data.samplers import GlobalBatchSampler, SeededSamples
 from ..files import load_checkpoint, project_path
 from ..models.vitdet import backbone_from_export, build_maskrcnn
 from ..run.artifacts import load_encoder
-from ..run.config import EngineConfig, check_choice, check_positive, knob
+from ..run.config import CLASSIFICATION_DATA_FIELDS, RunConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST, RunDir
 from ..run.scaffold import start_run
 from ..runtime import Timer, autocast, grad_scaler, seed_step, wrap_ddp
@@ -42,7 +45,10 @@ MEAN_PIXEL = (124, 116, 104)  # crops are padded with the mean colour: 0 after n
 
 
 @dataclass
-class DetectConfig(EngineConfig):
+class DetectConfig(RunConfig):
+    # the classification data fields (--dataset, --pipeline, --skip-corrupt, ...) are not this engine's;
+    # configs saved before they were split off still resume (their values are simply not compared)
+    RETIRED_FIELDS: ClassVar[tuple[str, ...]] = CLASSIFICATION_DATA_FIELDS
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
                                input="pretrain")
     data: str = knob("coco", "detection data: coco (<data-root>/{split}/, annotations/instances_{split}.json) or "
@@ -156,6 +162,37 @@ def _to_device(images, targets, device):
 
 # -- model and optimisation ------------------------------------------------------------------------
 
+def available_memory(device: torch.device) -> int:
+    """Bytes free for tensors on ``device`` (CUDA: free device memory; CPU: available RAM)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62  # unknown: do not refuse
+
+
+def check_tokens(export: dict, cfg: DetectConfig, device: torch.device) -> None:
+    """The backbone's token grid (img_size / patch) against memory, before the model is built: one
+    global attention layer holds batch x heads x tokens^2 scores. Too many: ValueError naming the
+    flags to change (--patch-size, --img-size, --batch-size), instead of an allocator error."""
+    kw = export["timm_kwargs"]
+    patch = cfg.patch_size or kw["patch_size"]
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    tokens = (cfg.img_size // patch) ** 2
+    need = cfg.batch_size * kw.get("num_heads", 1) * tokens ** 2 * 4
+    free = available_memory(device)
+    if need <= free:
+        return
+    fits = [q for q in range(4, cfg.img_size + 1, 4) if cfg.img_size % q == 0
+            and cfg.batch_size * kw.get("num_heads", 1) * (cfg.img_size // q) ** 4 * 4 <= free]
+    hint = f"--patch-size {fits[0]}" if fits else "a smaller --img-size"
+    raise ValueError(f"img_size={cfg.img_size} with {patch}-px patches is {cfg.img_size // patch}x"
+                     f"{cfg.img_size // patch} = {tokens} tokens per image: one global attention layer needs "
+                     f"{need / 2**30:.1f} GiB at batch {cfg.batch_size}, {free / 2**30:.1f} GiB are free on {device}. "
+                     f"Pass {hint} (the patch embedding is resampled), a smaller --img-size or --batch-size")
+
+
 def build_model(export: dict, num_classes: int, cfg: DetectConfig) -> nn.Module:
     backbone = backbone_from_export(export, img_size=cfg.img_size, patch_size=cfg.patch_size,
                                     window_size=cfg.window_size, drop_path=cfg.drop_path)
@@ -215,6 +252,7 @@ def run(cfg: DetectConfig) -> dict:
             return r.finished
         info, device = r.info, r.device
         export = load_encoder(cfg.encoder)  # encoder and data first: bad input fails before the model
+        check_tokens(export, cfg, device)
         train_set, test_set = build_data(cfg, "train"), build_data(cfg, "test")
         global_batch = cfg.batch_size * info.world_size
         sampler = GlobalBatchSampler(len(train_set), global_batch, info, cfg.seed)
@@ -307,7 +345,8 @@ def load_detector(run_dir: str | Path) -> tuple[nn.Module, DetectConfig]:
     saved = rd.read_config()
     if saved is None:
         raise FileNotFoundError(f"{rd.path} holds no detection run (no config.json)")
-    cfg = DetectConfig(**saved)
+    names = {f.name for f in dataclasses.fields(DetectConfig)}
+    cfg = DetectConfig(**{k: v for k, v in saved.items() if k in names})
     ckpt = load_checkpoint(rd.file(LAST), required=("model", "num_classes"))
     model = build_model(load_encoder(cfg.encoder), ckpt["num_classes"], cfg)
     model.load_state_dict(ckpt["model"])

@@ -53,11 +53,26 @@ def check_compatible(export: dict, dataset_name: str, img_size: int | None = Non
     return enc
 
 
+def check_same_classes(train_set, test_set) -> None:
+    """ValueError listing the class names only one split has: label k must mean the same class in
+    both (image folders number their classes by sorted name, so cat/dog vs kitten/dog would pair
+    "cat" with "kitten" silently). Datasets without class names are not compared."""
+    names = [list(getattr(data_lib._unwrap(ds), "classes", None) or []) for ds in (train_set, test_set)]
+    if not all(names) or names[0] == names[1]:
+        return
+    only_train, only_test = sorted(set(names[0]) - set(names[1])), sorted(set(names[1]) - set(names[0]))
+    raise ValueError(f"the train and test splits have other classes: only in train {only_train or '(none)'}, only "
+                     f"in test {only_test or '(none)'}" + ("" if only_train or only_test else
+                                                          f" (same names, other order: {names[0]} vs {names[1]})")
+                     + "; class folders must have the same names in train/ and val/")
+
+
 def check_num_classes(train_set, test_set, expected: int | None = None) -> int:
     """Number of classes of a labeled train/test pair; ValueError if they (or ``expected``) disagree."""
     n_train, n_test = data_lib.num_classes(train_set), data_lib.num_classes(test_set)
     if n_train < 2:
         raise ValueError(f"the train split has {n_train} classes; a classification needs at least 2")
+    check_same_classes(train_set, test_set)
     if n_train != n_test:
         raise ValueError(f"the train split has {n_train} classes but the test split has {n_test}")
     if expected is not None and expected != n_train:

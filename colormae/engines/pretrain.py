@@ -21,12 +21,13 @@ from timm.optim import create_optimizer_v2
 from ..data import datasets as data_lib
 from ..data.loaders import train_loader
 from ..data.memory import TrainAugment
-from ..files import save_torch
+from ..files import project_path, save_torch
 from ..masks.maskers import COLORS, KINDS, SOURCES, Masker, make_masker
 from ..masks.noise import color_params
 from ..masks.schedule import masker_for_epoch, parse_mask_params, parse_mask_schedule
 from ..models.mae import PRESETS, MaskedAutoencoder, export_encoder, get_config
 from ..run.config import EngineConfig, check_choice, check_positive, knob
+from ..run.pretrained import init_from_pretrained
 from ..run.rundir import ENCODER, LAST
 from ..run.scaffold import cosine_schedule, start_run
 from ..runtime import autocast, grad_scaler, wrap_ddp
@@ -38,6 +39,11 @@ log = logging.getLogger(__name__)
 class PretrainConfig(EngineConfig):
     preset: str = knob("mae_vit_tiny_patch4_64", "model preset (colormae.models.mae.PRESETS)", choices=tuple(PRESETS),
                        group="model")
+    init_from: str | None = knob(None, "warm start: initialise the model from these weights (any format "
+                                 "colormae.load_pretrained reads: MAE, official ColorMAE, timm, Hugging Face, our "
+                                 "runs); "
+                                 "position embeddings resampled to the preset's grid. A resumed run keeps its own "
+                                 "weights", group="model", path=True)
     norm_pix_loss: bool | None = knob(None, "per-patch normalized pixel target (MAE's recipe). Default: the "
                                       "preset's (paper presets on; CPU presets off, for viewable reconstructions)",
                                       group="model")
@@ -46,6 +52,9 @@ class PretrainConfig(EngineConfig):
     mask_ratio: float = knob(0.75, "fraction of patches masked", group="masking")
     mask_source: str = knob("online", "color kinds: 'online' (noise filtered every call) or 'bank' (windows "
                             "cropped from precomputed patterns, the paper's way)", choices=SOURCES, group="masking")
+    bank_file: str | None = knob(None, "with --mask-source bank: read the bank from this .npz (ours, or an official "
+                                 "ColorMAE bank such as green_noise_data_3072.npz: one array [N, H, W], highest "
+                                 "values kept) instead of generating one", group="masking", path=True)
     mask_params: str = knob("", "color filter parameters overriding colormae.masks.noise.DEFAULT_PARAMS, e.g. "
                             "'sigma1=0.5,sigma2=1.0' for green (the band sweep); empty: the defaults",
                             group="masking")
@@ -74,6 +83,10 @@ def build_maskers(cfg: PretrainConfig, grid: int, device) -> list[tuple[int, Mas
     params = parse_mask_params(cfg.mask_params)
     for start, kind in parse_mask_schedule(cfg.mask):
         source = cfg.mask_source if kind in COLORS else "online"
+        if source == "bank" and cfg.bank_file:
+            maskers.append((start, make_masker(kind, grid, cfg.mask_ratio, source=source, device=device,
+                                               bank=project_path(cfg.bank_file))))
+            continue
         maskers.append((start, make_masker(kind, grid, cfg.mask_ratio, source=source, device=device,
                                            **(params if kind in COLORS else {}))))
     return maskers
@@ -90,6 +103,19 @@ def validate(cfg: PretrainConfig) -> None:
         raise ValueError(f"mask_ratio={cfg.mask_ratio} must be in (0, 1)")
     schedule = parse_mask_schedule(cfg.mask)
     params = parse_mask_params(cfg.mask_params)
+    if cfg.bank_file is not None:
+        colors = {kind for _, kind in schedule if kind in COLORS}
+        if cfg.mask_source != "bank" or len(colors) != 1:
+            raise ValueError(f"bank_file={cfg.bank_file!r} needs mask_source='bank' (got {cfg.mask_source!r}) and "
+                             f"one color in mask (got {cfg.mask!r}): a bank holds one color")
+        if params:
+            raise ValueError(f"bank_file and mask_params={cfg.mask_params!r} contradict each other: a bank file "
+                             "fixes its patterns")
+        if not project_path(cfg.bank_file).is_file():
+            raise FileNotFoundError(f"noise bank not found: {project_path(cfg.bank_file)} "
+                                    f"(bank_file={cfg.bank_file!r})")
+    if cfg.init_from is not None and not project_path(cfg.init_from).exists():
+        raise FileNotFoundError(f"weights not found: {project_path(cfg.init_from)} (init_from={cfg.init_from!r})")
     if params:
         colors = [kind for _, kind in schedule if kind in COLORS]
         if not colors:
@@ -124,7 +150,11 @@ def run(cfg: PretrainConfig) -> dict:
         total_steps = steps_per_epoch * cfg.epochs
 
         torch.manual_seed(cfg.seed)  # model init
-        model = MaskedAutoencoder(mcfg).to(device)
+        model = MaskedAutoencoder(mcfg)
+        init = None
+        if cfg.init_from is not None and r.resume_from is None:  # a fresh start only: a resume keeps its weights
+            init = init_from_pretrained(model, project_path(cfg.init_from))
+        model = model.to(device)
         eff_batch = global_batch * cfg.accum_iter
         lr = cfg.blr * eff_batch / 256
         optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
@@ -187,7 +217,8 @@ def run(cfg: PretrainConfig) -> dict:
             total_steps, step, finished, artifacts=(LAST, ENCODER), pipeline=pipeline, mae_config=asdict(mcfg),
             effective_batch=eff_batch, lr=lr,
             epochs_done=epoch + batch_in_epoch / batches_per_epoch, masks=[m.describe() for _, m in maskers],
-            num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset))
+            num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset),
+            **({"init_from": init} if init is not None else {}))
         return r.finish(summary)
 
 

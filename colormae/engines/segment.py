@@ -25,6 +25,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -46,7 +47,7 @@ from ..files import load_checkpoint, project_path, read_json
 from ..models.backbone import transfer_export
 from ..models.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 from ..run.artifacts import load_encoder
-from ..run.config import EngineConfig, check_choice, check_positive, knob
+from ..run.config import RunConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST
 from ..run.scaffold import start_run
 from ..runtime import DistInfo, autocast, grad_scaler, seed_step, wrap_ddp
@@ -62,12 +63,16 @@ RECIPES = {
                 iterations=200, batch_size=8, warmup_iters=20, eval_every=0),
 }
 AUX_WEIGHT = 0.4
+MAX_UNLABELED_BATCHES = 5  # this many batches in a row without a labelled pixel: the masks are wrong
 BETAS = (0.9, 0.999)
 WARMUP_START = 1e-6  # mmseg's LinearLR start_factor
 
 
 @dataclass
-class SegmentConfig(EngineConfig):
+class SegmentConfig(RunConfig):
+    # the classification data fields --dataset and --pipeline are not this engine's; configs saved
+    # before they were split off still resume (their values are simply not compared)
+    RETIRED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "pipeline")
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
                                input="pretrain")
     recipe: str = knob("paper", "fills the knobs left unset: 'paper' (ADE20K, GPUs) or 'cpu' (Penn-Fudan)",
@@ -76,6 +81,10 @@ class SegmentConfig(EngineConfig):
                             "folder (<data-root>/{images,masks}/{train,val}/); --dataset belongs to the "
                             "classification engines", choices=SEG_DATA, group="data")
     num_classes: int | None = knob(None, "folder: required; others: a check", group="data")
+    skip_corrupt: bool = knob(False, "ade20k / folder: skip (and name) image or mask files that cannot be opened "
+                              "instead of stopping", group="data", experiment=False)
+    max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
+                                       "images is unreadable", group="data", experiment=False)
     train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
     test_length: int | None = knob(None, "an evenly spaced subset of the test images", group="data")
     crop_size: int | None = knob(None, "training crop and sliding window (paper 512)", group="data")
@@ -118,9 +127,6 @@ def validate(cfg: SegmentConfig) -> None:
     if cfg.encoder is None:
         raise ValueError("encoder is required: a pretraining run directory, encoder.pth or checkpoint")
     check_choice("data", cfg.data, SEG_DATA)
-    if cfg.dataset != EngineConfig.dataset:
-        raise ValueError(f"dataset={cfg.dataset!r} belongs to the classification engines; segmentation data is "
-                         f"chosen with data= (one of {', '.join(SEG_DATA)})")
     check_positive(cfg, "crop_size", "test_scale", "iterations", "batch_size", "lr", "train_length", "test_length",
                    "head_channels", "aux_channels", "num_classes")
     check_positive(cfg, "weight_decay", "warmup_iters", "slide_stride", "eval_every",
@@ -147,6 +153,17 @@ def transfer_for(export: dict, cfg: SegmentConfig) -> dict:
                              f"{grid}x{grid} grid; choose a crop divisible by {grid}")
         patch = cfg.crop_size // grid
     return transfer_export(export, cfg.crop_size, patch)
+
+
+def check_scales(export: dict, cfg: SegmentConfig) -> None:
+    """The test images (short side ``test_scale``) must give the pyramid's coarsest level (stride
+    2 x patch) at least one pixel: ValueError saying which flag to change."""
+    patch = export["timm_kwargs"]["patch_size"]
+    patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+    if cfg.test_scale < 2 * patch:
+        raise ValueError(f"test_scale={cfg.test_scale} is too small for the encoder at crop_size={cfg.crop_size} "
+                         f"({patch}-px patches; the coarsest feature map has stride {2 * patch}): use --test-scale "
+                         f">= {2 * patch}, or a smaller --crop-size")
 
 
 def build_model(export: dict, num_classes: int, cfg: SegmentConfig) -> UperNetViT:
@@ -203,8 +220,10 @@ def run(cfg: SegmentConfig) -> dict:
         info, device = r.info, r.device
         # encoder, transfer and data first: a bad path, crop or mask fails here, before any training
         export = transfer_for(load_encoder(cfg.encoder), cfg)
-        train_set = build_segmentation(cfg.data, cfg.data_root, "train", cfg.num_classes, cfg.train_length)
-        test_set = build_segmentation(cfg.data, cfg.data_root, "test", cfg.num_classes, cfg.test_length)
+        check_scales(export, cfg)
+        corrupt = dict(skip_corrupt=cfg.skip_corrupt, max_corrupt_fraction=cfg.max_corrupt_fraction)
+        train_set = build_segmentation(cfg.data, cfg.data_root, "train", cfg.num_classes, cfg.train_length, **corrupt)
+        test_set = build_segmentation(cfg.data, cfg.data_root, "test", cfg.num_classes, cfg.test_length, **corrupt)
         n_cls = train_set.num_classes
         crops = TrainCrops(train_set, crop=cfg.crop_size, scale=cfg.test_scale, cat_max_ratio=cfg.cat_max_ratio)
         sampler = GlobalBatchSampler(len(train_set), cfg.batch_size * info.world_size, info, cfg.seed)
@@ -240,7 +259,7 @@ def run(cfg: SegmentConfig) -> dict:
                 r.metrics.write({"step": step, "test_miou": ev["miou"], "test_acc": ev["acc"]})
             return ev
 
-        stop = False
+        stop, unlabeled_batches = False, 0
         while step < cfg.iterations and not stop:
             sampler.set_epoch(epoch, batch_in_epoch)
             model.train()
@@ -251,7 +270,16 @@ def run(cfg: SegmentConfig) -> dict:
                 seed_step(cfg.seed, step, info.rank)
                 with autocast(cfg.amp, device):
                     out, aux = ddp_model(imgs)
-                    loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)
+                    if (labels != IGNORE_INDEX).any():
+                        loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)
+                        unlabeled_batches = 0
+                    else:  # no labelled pixel: mmseg's loss is 0 there (cross-entropy's mean would be NaN)
+                        loss = 0.0 * (out.float().sum() + aux.float().sum())
+                        unlabeled_batches += 1
+                if unlabeled_batches >= MAX_UNLABELED_BATCHES:
+                    raise ValueError(f"{unlabeled_batches} batches in a row hold no labelled pixel (every label is "
+                                     f"the ignore value {IGNORE_INDEX}): the {cfg.data} masks carry no class. Check "
+                                     "the mask encoding (class indices 0..num_classes-1, 255 = ignore) or --data-root")
                 r.check_loss(loss, epoch, step)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..engines import detect, segment
+from ..engines.launch import pretrained_encoder
 from ..files import project_path, read_json, repo_relative, save_torch, write_csv
 from ..models.mae import CONTROL, export_encoder, untrained_encoder
 from ..run.artifacts import grid_model
@@ -104,7 +105,6 @@ def notebook_encoders(encoder: str | None, grid_dir: str | Path, masks, out: str
     """Notebook 04's encoders by label: ``encoder`` alone when given; else the grid's seed-0
     encoders of ``masks`` that exist (``grid_seed0_encoder``); else notebook 01's run ``fallback``
     (pretrained there first when it is ``default`` and holds no weights)."""
-    from ..engines.launch import pretrained_encoder
     if encoder is not None:
         return {"encoder": str(project_path(encoder))}
     found = {m: str(p) for m in masks if (p := grid_seed0_encoder(grid_dir, m, out)) is not None}

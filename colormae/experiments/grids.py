@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -27,21 +28,19 @@ from pathlib import Path
 import torch
 
 from ..engines import finetune, pretrain
-from . import dense
-from ..run.config import differences
-from ..run.scaffold import cli_main
 from ..engines.frozen import evaluate_frozen
-from ..masks.stats import mask_statistics
-from ..masks.maskers import make_masker
-from ..models.mae import CONTROL, get_config, untrained_encoder
-from ..masks.noise import color_params
 from ..engines.pretrain import PretrainConfig, validate
-from ..masks.schedule import parse_mask_params
-from ..run.rundir import CONFIG, ENCODER, RunDir, check_same_experiment, config_record
-from ..files import locked_dir, read_json, repo_relative, save_torch, write_csv, write_json
+from ..files import atomic_write, locked_dir, project_path, read_json, repo_relative, save_torch, write_csv, write_json
+from ..masks.maskers import make_masker
+from ..masks.noise import color_params
+from ..masks.schedule import band_centre, parse_mask_params
+from ..masks.stats import mask_statistics
+from ..models.mae import CONTROL, get_config, untrained_encoder
+from ..run.config import check_common, differences
+from ..run.rundir import CONFIG, ENCODER, LAST, RunDir, check_same_experiment, config_record
+from ..run.scaffold import cli_main
 from ..runtime import Timer
-from ..files import project_path
-from ..masks.schedule import band_centre
+from . import dense
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +148,8 @@ GRIDS = {
 }
 
 
-def _reuse_eval(eval_path: Path, spec: GridSpec) -> dict:
-    rec = read_json(eval_path)
+def _reuse_eval(eval_path: Path, spec: GridSpec, rec: dict | None = None) -> dict:
+    rec = read_json(eval_path) if rec is None else rec
     changed = differences(rec.get("evaluate_config", spec.evaluate), spec.evaluate, list(spec.evaluate))
     if (rec.get("finetune_config") or None) != (spec.finetune or None):
         changed.append(("finetune", rec.get("finetune_config"), spec.finetune))
@@ -182,25 +181,62 @@ def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, dev
     return finetune.run(ft)
 
 
+def _check_evaluated_run(rec: dict, eval_path: Path, run_dir: Path, cfg: PretrainConfig, mask: str) -> None:
+    """An evaluation is reused only for the pretraining it records (eval.json's ``pretrain_config``;
+    older records: the run's config.json and ``pretrain_epochs``), whatever grid.json says or
+    whether it still exists; epochs must match too (a longer grid is another experiment)."""
+    saved = rec.get("pretrain_config") or RunDir(run_dir).read_config()
+    if saved is None:
+        raise ValueError(f"{eval_path} does not record the pretraining it evaluated (no pretrain_config in it, no "
+                         f"{run_dir / CONFIG}): it cannot be matched to this grid's settings. Choose another --out, "
+                         "or restore config.json")
+    check_same_experiment(saved, cfg, eval_path, growable=())
+    done = rec.get("pretrain_epochs")
+    if mask != CONTROL and done is not None and not math.isclose(float(done), float(cfg.epochs)):
+        raise ValueError(f"{eval_path} evaluated {done:g} pretraining epochs; this grid asks for {cfg.epochs}. "
+                         "Choose another --out for a grid with these settings")
+
+
+REBUILD = "rebuild"  # --rebuild-weights pretrains here, beside the record, never over it
+REBUILT_FILES = (ENCODER, LAST)
+
+
+def _rebuild_weights(cfg: PretrainConfig, run_dir: Path, rec: dict) -> None:
+    """Pretrain an evaluated run again in ``<run>/rebuild/`` (its summary.json and metrics.jsonl,
+    which Fig. 4 reads, are never touched); when the final loss reproduces the record, the weights
+    (encoder.pth, checkpoint-last.pth) are copied into the run directory for its consumers."""
+    rebuild = run_dir / REBUILD
+    summary = pretrain.run(replace(cfg, output_dir=repo_relative(rebuild)))
+    loss, recorded = summary.get("final_loss"), rec.get("final_loss")
+    same = loss is not None and recorded is not None and math.isclose(loss, recorded, rel_tol=1e-5)
+    if not summary.get("finished") or not same:
+        log.warning("rebuilt %s in %s: final loss %s, recorded %s: not reproduced (another machine or library "
+                    "version), so its weights stay there and the record is unchanged; pass --encoder %s to use "
+                    "them anyway", repo_relative(run_dir), repo_relative(rebuild), loss, recorded,
+                    repo_relative(rebuild))
+        return
+    for name in REBUILT_FILES:
+        if (rebuild / name).is_file() and not (run_dir / name).exists():
+            atomic_write(run_dir / name, lambda tmp, src=rebuild / name: shutil.copyfile(src, tmp))
+    log.info("rebuilt %s: final loss %.6f reproduces the record; weights copied into the run", repo_relative(run_dir),
+             loss)
+
+
 def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_weights: bool = False) -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
     one run; the evaluation is reused when eval.json was made with the same settings. The control
     (``none``) evaluates the untrained encoder of ``seed``: the init its pretraining would start from.
     ``rebuild_weights``: an evaluated run whose weights are gone (git-ignored: a fresh clone) is
-    pretrained again, the same experiment, for its consumers (the dense experiments); its final loss
-    is checked against the recorded one."""
+    pretrained again, the same experiment, beside its record (``_rebuild_weights``)."""
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
     cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device)
     eval_path = run_dir / "eval.json"
     if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
-        check_same_experiment(RunDir(run_dir).read_config() or {}, cfg, run_dir)
-        rec = _reuse_eval(eval_path, spec)
+        rec = read_json(eval_path)
+        _check_evaluated_run(rec, eval_path, run_dir, cfg, mask)
+        rec = _reuse_eval(eval_path, spec, rec)
         if rebuild_weights and mask != CONTROL and not (run_dir / ENCODER).is_file():
-            loss = pretrain.run(cfg)["final_loss"]
-            same = loss is not None and math.isclose(loss, rec["final_loss"], rel_tol=1e-5)
-            (log.info if same else log.warning)(
-                "rebuilt %s: final loss %.6f, recorded %.6f%s", repo_relative(run_dir), loss or math.nan,
-                rec["final_loss"], "" if same else " (not reproduced exactly: another machine or library version)")
+            _rebuild_weights(cfg, run_dir, rec)
         return rec
     if mask == CONTROL:
         if (run_dir / CONFIG).exists():
@@ -221,7 +257,8 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_
            "mask_params": None if mask == CONTROL else cfg.mask_params, "pretrain_wall_s": summary["wall_time_s"],
            "images_per_s": summary["images_per_s"], "eval_wall_s": eval_s}
     write_json({**row, "linprobe_protocol": "linprobe-cached", "evaluate_config": spec.evaluate,
-                "finetune_config": spec.finetune, "evaluation": ev}, eval_path)
+                "finetune_config": spec.finetune, "pretrain_config": config_record(cfg), "evaluation": ev},
+               eval_path)
     return row
 
 
@@ -277,15 +314,16 @@ def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> P
     return write_csv(rows, BAND_COLUMNS, project_path(spec.out) / "table.csv")
 
 
-def record_grid(spec: GridSpec) -> None:
+def record_grid(spec: GridSpec, write: bool = True) -> None:
     """grid.json: the grid's settings (repository-relative paths). Unchanged settings leave the file
     untouched; other pretraining or evaluation settings in the same folder are an error. Processes
-    that start one grid's masks at once (one GPU, several processes) merge their entries in turn."""
+    that start one grid's masks at once (one GPU, several processes) merge their entries in turn.
+    ``write=False``: only the check (``run_grid`` writes once its first run has started without error)."""
     with locked_dir(project_path(spec.out)):
-        _record_grid(spec, project_path(spec.out) / "grid.json")
+        _record_grid(spec, project_path(spec.out) / "grid.json", write)
 
 
-def _record_grid(spec: GridSpec, path: Path) -> None:
+def _record_grid(spec: GridSpec, path: Path, write: bool = True) -> None:
     new = {**asdict(spec), "out": repo_relative(project_path(spec.out))}
     if path.exists():
         old = read_json(path)
@@ -309,17 +347,25 @@ def _record_grid(spec: GridSpec, path: Path) -> None:
         if all(merged[k] == (list(old.get(k, {})) if k in ("masks", "seeds") else old.get(k, {})) for k in merged):
             return
         new.update(merged)
-    write_json(new, path)
+    if write:
+        write_json(new, path)
 
 
 def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False) -> Path:
-    """Seed-major order (every mask at seed 0, then seed 1): a grid cut short stays balanced."""
-    record_grid(spec)
+    """Seed-major order (every mask at seed 0, then seed 1): a grid cut short stays balanced.
+    grid.json is checked first and written after the first run went through (its data loaded, its
+    model built and trained or reused): a grid stopped by a bad setting leaves no grid.json that
+    would refuse the corrected command."""
+    record_grid(spec, write=False)
     # the band sweep's table is its own (bands, not masks) and includes the grid's default-green runs
     table = (partial(write_band_table, default_green=GRIDS["cifar10-grid16"]) if spec.variants
              else write_table)
+    recorded = False
     for mask, seed in spec.runs():
         run_one(spec, mask, seed, device, rebuild_weights)
+        if not recorded:
+            record_grid(spec)
+            recorded = True
         table(spec)
     return table(spec)
 
@@ -367,13 +413,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# the flags each kind of experiment reads; any other flag given is an error naming it (never ignored)
+DENSE_FLAGS = ("pretrain_seeds", "out", "masks", "seeds", "device")
+GRID_FLAGS = ("out", "masks", "seeds", "epochs", "preset", "dataset", "data_root", "dataset_length", "batch_size",
+              "linprobe_epochs", "eval_length", "rebuild_weights", "device")
+
+
+def unused_flags(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """The flags given (not at their default) that experiment ``args.grid`` does not read."""
+    if args.grid in DENSE:
+        uses = set(DENSE_FLAGS)
+    else:
+        spec = replace(GRIDS[args.grid], **(GRID16_GPU if args.scale == "gpu" else {}))
+        uses = set(GRID_FLAGS) | ({"scale"} if args.grid == "cifar10-grid16" else set()) | (
+            {"finetune_epochs"} if spec.finetune else set())
+    return sorted("--" + k.replace("_", "-") for k, v in vars(args).items()
+                  if k != "grid" and k not in uses and v != parser.get_default(k))
+
+
 def main(argv: list[str] | None = None) -> Path:
     p = build_parser()
     args = p.parse_args(argv)
+    unused = unused_flags(args, p)
+    if unused:
+        p.error(f"{args.grid} does not use {', '.join(unused)}: remove "
+                f"{'it' if len(unused) == 1 else 'them'} (each experiment reads only its own flags; "
+                "colormae experiments --help says which)")
     if args.grid in DENSE:
         return cli_main(lambda name: run_dense(name, args), args.grid)
-    if args.scale == "gpu" and args.grid != "cifar10-grid16":
-        p.error(f"--scale gpu applies to cifar10-grid16, not {args.grid}")
     spec = replace(GRIDS[args.grid], **(GRID16_GPU if args.scale == "gpu" else {}))
     if spec.preregistration:
         given = sorted(k for k, v in vars(args).items()  # device and data location are no experiment setting
@@ -407,6 +474,7 @@ def main(argv: list[str] | None = None) -> Path:
         # fail fast on a bad grid: every run's config is validated before the first one starts
         for mask in spec.masks:
             validate(spec.pretrain_config(mask, 0))
+            check_common(spec.pretrain_config(mask, 0))
         if spec.finetune:
             finetune.validate(finetune.resolve_defaults(finetune.FinetuneConfig(
                 **{**spec.finetune, "encoder": "(each run)", "protocol": "finetune"})))

@@ -3,9 +3,12 @@
 Run directories hold fp32 training checkpoints (with optimizer state, several MB, git-ignored).
 The figures of the paper need only the MAE itself, so the grid's seed-0 models are committed as
 ``results/cifar10_grid16/weights/<mask>.pth`` (fp16 halves the size; reconstructions and attention
-maps do not change visibly) and Fig. 3 / Fig. 5 regenerate from a fresh clone.
+maps do not change visibly) and Fig. 3 / Fig. 5 regenerate from a fresh clone. Other seeds are
+written as ``<mask>_seed<N>.pth`` (``colormae.run.compact``: a file never receives another seed
+than its name and its record say).
 
     colormae weights results/cifar10_grid16            # every finished <mask>_seed0 run
+    colormae weights results/cifar10_grid16 --seed 1   # -> weights/<mask>_seed1.pth
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ from pathlib import Path
 import torch
 
 from ..files import load_checkpoint, project_path, repo_relative, save_torch
-from ..run.artifacts import CLASSIFIER, CLASSIFIER_FORMAT, FORMAT, compact_path, load_mae
-from ..run.rundir import LAST, RunDir
+from ..run.artifacts import CLASSIFIER, CLASSIFIER_FORMAT, FORMAT, load_mae
+from ..run.compact import check_target, compact_target
+from ..run.rundir import LAST, RunDir, recorded_engine
+from ..run.scaffold import cli_main
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,7 @@ def save_compact(run_dir: str | os.PathLike, path: str | os.PathLike) -> Path:
     cfg = summary.get("config", {})
     if not summary.get("finished", False):
         log.warning("%s is unfinished (%s epochs done): saving it as it is", run_dir, summary.get("epochs_done"))
+    check_target(project_path(path), cfg.get("mask"), cfg.get("seed"))
     record = {"format": FORMAT, "model": _fp16(model.state_dict()), "mae_config": asdict(model.cfg),
               "source": repo_relative(run_dir), "mask": cfg.get("mask"), "seed": cfg.get("seed"),
               "final_loss": summary.get("final_loss"), "epochs_done": summary.get("epochs_done")}
@@ -72,6 +78,15 @@ def save_compact_classifier(run_dir: str | os.PathLike) -> Path:
     """``<run_dir>/classifier-fp16.pth``: the fp16 model of fine-tuning run ``run_dir`` (its
     checkpoint-last.pth, without optimizer state) and what ``cam.load_classifier`` needs."""
     run_dir = project_path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"--classifier {run_dir}: no such run directory")
+    kind = recorded_engine(run_dir)
+    if kind not in (None, "finetune", "linprobe"):
+        raise ValueError(f"--classifier {run_dir} is a {kind} run, not a fine-tuning run (protocol finetune or "
+                         "linprobe): it has no classifier")
+    if not (run_dir / LAST).is_file():
+        raise FileNotFoundError(f"--classifier {run_dir}: no {LAST} (weights are git-ignored: run the fine-tuning "
+                                "again with --resume auto)")
     ckpt = load_checkpoint(run_dir / LAST, required=("model", "timm_name", "timm_kwargs", "num_classes"))
     record = {"format": CLASSIFIER_FORMAT, "model": _fp16(ckpt["model"]), "source": repo_relative(run_dir),
               **{k: ckpt[k] for k in ("timm_name", "timm_kwargs", "num_classes")}}
@@ -85,13 +100,20 @@ def save_compact_classifier(run_dir: str | os.PathLike) -> Path:
 def export_grid(grid_dir: str | os.PathLike, seed: int = 0) -> list[Path]:
     """Compact copies of every finished ``<mask>_seed<seed>`` run of a grid (the control has no MAE)."""
     written = []
-    for run in sorted((project_path(grid_dir) / "runs").glob(f"*_seed{seed}")):
+    runs = project_path(grid_dir) / "runs"
+    if not runs.is_dir():
+        raise FileNotFoundError(f"{project_path(grid_dir)} is not a grid folder (no runs/ in it); e.g. "
+                                "colormae weights results/cifar10_grid16")
+    found = sorted(runs.glob(f"*_seed{seed}"))
+    if not found:
+        raise FileNotFoundError(f"{runs} has no run of seed {seed} (no *_seed{seed} folder)")
+    for run in found:
         summary = RunDir(run).read_summary() or {}
         if not (run / LAST).is_file() or not summary.get("finished"):
             log.info("skipping %s (no finished pretraining checkpoint)", repo_relative(run))
             continue
         mask = run.name[: -len(f"_seed{seed}")]
-        written.append(save_compact(run, compact_path(grid_dir, mask)))
+        written.append(save_compact(run, compact_target(grid_dir, mask, seed)))
         log.info("wrote %s (%.2f MB)", repo_relative(written[-1]), written[-1].stat().st_size / 2**20)
     return written
 
@@ -111,9 +133,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = p.parse_args(argv)
     if not args.grid_dir and not args.classifier:
         p.error("give a grid folder, --classifier RUN_DIR ..., or both")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    paths = export_grid(args.grid_dir, args.seed) if args.grid_dir else []
-    paths += [save_compact_classifier(run) for run in args.classifier]
-    for path in paths:
-        print(repo_relative(path))
-    return paths
+    def run(args: argparse.Namespace) -> list[Path]:
+        paths = export_grid(args.grid_dir, args.seed) if args.grid_dir else []
+        paths += [save_compact_classifier(run) for run in args.classifier]
+        for path in paths:
+            print(repo_relative(path))
+        return paths
+    return cli_main(run, args)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..files import atomic_write
+from ..files import atomic_write, project_path, repo_relative
 from .noise import COLORS, color_noise, color_params
 from .void_and_cluster import void_and_cluster
 
@@ -92,8 +92,8 @@ def _color_in_name(path: Path) -> str | None:
 
 def load_noise_bank(path: str | os.PathLike, device=None, *, color: str | None = None) -> NoiseBank:
     """A bank from ``path`` (.npz): ours (arrays ``patterns`` and ``meta``) or an official ColorMAE bank (one
-    array [N, H, W]; its color from the file name, else ``color``)."""
-    path = Path(path)
+    array [N, H, W]; its color from the file name, else ``color``). Relative paths: from the repository root."""
+    path = project_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"noise bank not found: {path}")
     try:
@@ -109,14 +109,14 @@ def load_noise_bank(path: str | os.PathLike, device=None, *, color: str | None =
             return _official_bank(path, data[names[0]], device, color)
         else:
             shapes = {n: tuple(data[n].shape) for n in names[:6]}
-            raise ValueError(f"{path} is neither a ColorMAE noise bank of ours (arrays 'patterns' and 'meta') nor "
-                             f"an official ColorMAE bank (one array [N, H, W]); it holds arrays {shapes}")
+            raise ValueError(f"{path} is not a ColorMAE noise bank: neither ours (arrays 'patterns' and 'meta') "
+                             f"nor an official one (one array [N, H, W]); it holds arrays {shapes}")
     if patterns.dim() != 3 or patterns.shape[1] != patterns.shape[2]:
         raise ValueError(f"{path}: patterns must be [N, S, S], got {tuple(patterns.shape)}")
     if meta.get("version", 0) > BANK_FORMAT_VERSION:
         raise ValueError(f"{path}: bank format version {meta['version']} is newer than {BANK_FORMAT_VERSION}")
     return NoiseBank(patterns.to(device) if device else patterns, meta["color"], meta["params"],
-                     meta["seed"], meta["version"], file=str(path))
+                     meta["seed"], meta["version"], file=repo_relative(path))
 
 
 def _official_bank(path: Path, array: np.ndarray, device, color: str | None) -> NoiseBank:
@@ -131,4 +131,4 @@ def _official_bank(path: Path, array: np.ndarray, device, color: str | None) -> 
         raise ValueError(f"{path}: the bank array must be numeric [N, H, W], got {array.dtype} {array.shape}")
     patterns = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
     return NoiseBank(patterns.to(device) if device else patterns, color, {"method": "official"}, 0,
-                     BANK_FORMAT_VERSION, periodic=False, file=str(path))
+                     BANK_FORMAT_VERSION, periodic=False, file=repo_relative(path))

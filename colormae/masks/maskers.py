@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..files import project_path
 from .bank import NoiseBank, load_noise_bank, make_noise_bank
 from .noise import COLORS, aperiodic_color_noise, aperiodic_margin, color_params
 
@@ -245,7 +246,8 @@ def masker_from_description(description: dict, *, device=None) -> Masker:
     kind, params = d["kind"], dict(d.get("params") or {})
     if d.get("source") == "bank":
         b = d["bank"]
-        if b.get("file"):  # a bank read from a file (ours or official): read it again
+        # a bank read from a file: read it again (ours, when the file is gone, is regenerated from its seed)
+        if b.get("file") and (project_path(b["file"]).is_file() or b.get("params", {}).get("method") == "official"):
             return make_masker(kind, d["grid"], d["mask_ratio"], source="bank", bank=b["file"], device=device)
         return make_masker(kind, d["grid"], d["mask_ratio"], source="bank", bank_patterns=b["num_patterns"],
                            bank_size=b["size"], bank_seed=b["seed"], device=device, **b.get("params", params))

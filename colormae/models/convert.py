@@ -30,7 +30,8 @@ ENCODER_TOP = ("cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed
 DECODER_TOP = ("mask_token", "decoder_pos_embed", "decoder_embed.weight", "decoder_embed.bias",
                "decoder_norm.weight", "decoder_norm.bias", "decoder_pred.weight", "decoder_pred.bias")
 CLASSIFIER_KEYS = ("fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias")
-_BLOCK = re.compile(r"(blocks|decoder_blocks)\.(\d+)\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")
+_BLOCK = re.compile(r"(blocks|decoder_blocks)\.(\d+)\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)"
+                    r"\.(weight|bias)")
 # MAE's encoders: 64-wide heads, except ViT-H (1280 wide, 16 heads of 80)
 KNOWN_HEADS = {1280: 16}
 
@@ -247,8 +248,8 @@ def infer_config(canon: dict, *, num_heads: int | None = None, decoder_num_heads
                   decoder_num_heads=decoder_num_heads or default_decoder_heads(dd))
     elif decoder_num_heads:
         kw["decoder_num_heads"] = decoder_num_heads
-    for name, width, heads in (("num_heads", d, kw["num_heads"]),
-                               ("decoder_num_heads", kw.get("decoder_embed_dim", 512), kw.get("decoder_num_heads", 16))):
+    decoder = ("decoder_num_heads", kw.get("decoder_embed_dim", 512), kw.get("decoder_num_heads", 16))
+    for name, width, heads in (("num_heads", d, kw["num_heads"]), decoder):
         if width % heads:
             raise ValueError(f"{name}={heads} does not divide the width {width}")
     return MAEConfig(**kw)

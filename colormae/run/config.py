@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import numbers
 import types
 import typing
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+
+import numpy as np
 
 from ..data.memory import PIPELINES
 
@@ -39,22 +43,12 @@ AMP_MODES = ("auto", "bf16", "fp16", "none")
 
 
 @dataclass
-class EngineConfig:
-    """The fields every engine has (run bookkeeping, seed, precision, data access)."""
-    dataset: str = knob("embedded", "embedded, cifar10 or imagefolder", group="data",
-                        choices=("embedded", "cifar10", "imagefolder"))
+class RunConfig:
+    """The fields every engine has: run bookkeeping, seed, precision, device, data location.
+    Engines on other data than the classification datasets (segment, detect) build on this."""
     data_root: str | None = knob(None, "dataset folder or tar location (default: ../shared/data or $COLORMAE_DATA)",
                                  group="data", experiment=False, path=True)
-    pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
-                         "batches on the device, 'files' decodes every image in DataLoader workers, "
-                         "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
-                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES,
-                         group="data")
-    num_workers: int = knob(0, "DataLoader worker processes (files pipeline)", group="data", experiment=False)
-    skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
-                              experiment=False)
-    max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
-                                       "dataset was skipped", group="data", experiment=False)
+    num_workers: int = knob(0, "DataLoader worker processes", group="data", experiment=False)
     amp: str = knob("auto", "mixed precision; 'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, "
                     "AMX), fp32 on other CPUs, where emulated bf16 is several times slower", choices=AMP_MODES,
                     group="optimization")
@@ -63,7 +57,8 @@ class EngineConfig:
                            experiment=False, path=True)
     resume: str | None = knob(None, "continue a run: 'auto' (<output-dir>/checkpoint-last.pth if present) or a "
                               "checkpoint path; the saved config must match", experiment=False, path=True)
-    overwrite: bool = knob(False, "delete the run already in --output-dir and start afresh", experiment=False)
+    overwrite: bool = knob(False, "replace the run already in --output-dir (of the same engine; deleted when the new "
+                           "run writes its first file, after its inputs loaded)", experiment=False)
     device: str = knob("auto", "auto, cpu, cuda or cuda:N", experiment=False)
     max_steps: int | None = knob(None, "stop after this many optimizer steps (the run stays resumable)",
                                  experiment=False)
@@ -72,6 +67,27 @@ class EngineConfig:
                            "checkpoint-last.pth is written every epoch regardless", experiment=False)
     checkpoint_minutes: float = knob(30.0, "also write checkpoint-last.pth every this many minutes within "
                                      "an epoch (0: only at epoch ends)", experiment=False)
+
+
+# the classification data fields (EngineConfig adds them to RunConfig): a config type without them
+# (segment, detect) still resumes runs whose saved config has them (see rundir.foreign_fields)
+CLASSIFICATION_DATA_FIELDS = ("dataset", "pipeline", "skip_corrupt", "max_corrupt_fraction")
+
+
+@dataclass
+class EngineConfig(RunConfig):
+    """RunConfig plus the classification data fields (pretraining and fine-tuning)."""
+    dataset: str = knob("embedded", "embedded, cifar10 or imagefolder", group="data",
+                        choices=("embedded", "cifar10", "imagefolder"))
+    pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
+                         "batches on the device, 'files' decodes every image in DataLoader workers, "
+                         "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
+                         "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES,
+                         group="data")
+    skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
+                              experiment=False)
+    max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
+                                       "dataset was skipped", group="data", experiment=False)
 
 
 def _field_type(cls: type, name: str) -> tuple[type, bool]:
@@ -122,13 +138,38 @@ def config_from_args(cls: type, argv: Sequence[str] | None = None, description: 
     return cls(**vars(build_parser(cls, description, prog).parse_args(argv)))
 
 
+def check_type(cls: type, name: str, value: Any) -> Any:
+    """``value`` as field ``name`` of ``cls`` takes it, checked as the command line checks a flag
+    (an int where a float is wanted is taken; 16.5 for an int, "abc" for a number, 1 for a bool
+    are not): ValueError naming the parameter, its type and the value."""
+    kind, optional = _field_type(cls, name)
+    if value is None:
+        if optional:
+            return None
+    elif kind is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+    elif kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
+    elif kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+            return float(value)
+    elif isinstance(value, kind):
+        return value
+    wanted = kind.__name__ + (" or None" if optional else "")
+    raise ValueError(f"{name}={value!r}: {cls.__name__} parameter {name} takes {wanted}, not "
+                     f"{type(value).__name__}")
+
+
 def config_from_params(cls: type, params: Mapping[str, Any]):
-    """A config from a dict (notebook parameters); unknown keys are an error naming them."""
+    """A config from a dict (notebook parameters), each value type-checked as its command-line flag
+    would be (``check_type``); unknown keys are an error naming them."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} parameter(s) {unknown}; allowed: {', '.join(sorted(names))}")
-    return cls(**params)
+    return cls(**{k: check_type(cls, k, v) for k, v in params.items()})
 
 
 def pick_params(cls: type, namespace: Mapping[str, Any]) -> dict:
@@ -177,16 +218,70 @@ def check_choice(name: str, value: Any, allowed: Sequence) -> None:
         raise ValueError(f"{name}={value!r} is not supported; allowed values: {', '.join(map(str, allowed))}")
 
 
-def check_common(cfg: EngineConfig) -> None:
+# Allowed values of numeric knobs, by field name, for every config that has that field (a knob's own
+# ``range=`` wins): (low, high, low included, high included); None = unbounded. Every float knob
+# must also be finite (nan / inf are never a setting).
+RANGES: dict[str, tuple] = {
+    "checkpoint_minutes": (0, None, True, True), "log_every": (1, None, True, True),
+    "save_every": (0, None, True, True), "max_steps": (1, None, True, True), "num_workers": (0, None, True, True),
+    "max_corrupt_fraction": (0, 1, True, True), "epochs": (0, None, True, True), "batch_size": (1, None, True, True),
+    "accum_iter": (1, None, True, True), "blr": (0, None, True, True), "lr": (0, None, False, True),
+    "min_lr": (0, None, True, True), "weight_decay": (0, None, True, True), "warmup_epochs": (0, None, True, True),
+    "warmup_steps": (0, None, True, True), "warmup_iters": (0, None, True, True), "iterations": (1, None, True, True),
+    "mask_ratio": (0, 1, False, False), "drop_path": (0, 1, True, False), "layer_decay": (0, 1, False, True),
+    "smoothing": (0, 1, True, False), "reprob": (0, 1, True, True), "mixup": (0, None, True, True),
+    "cutmix": (0, None, True, True), "knn_k": (1, None, True, True), "knn_temperature": (0, None, False, True),
+    "train_length": (1, None, True, True), "test_length": (1, None, True, True),
+    "dataset_length": (1, None, True, True), "crop_scale_min": (0, 1, False, True),
+    # segmentation: the lower bound of test_scale depends on the encoder's patch (segment.check_scales)
+    "test_scale": (1, None, True, True), "crop_size": (1, None, True, True), "cat_max_ratio": (0, 1, False, True),
+    "img_size": (1, None, True, True), "jitter_min": (0, None, False, True), "jitter_max": (0, None, False, True),
+}
+
+
+def _describe(lo, hi, lo_in, hi_in) -> str:
+    if hi is None:
+        return f"{'>=' if lo_in else '>'} {lo:g}"
+    return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_ranges(cfg) -> None:
+    """ValueError naming the first numeric field outside its allowed range (``RANGES`` or the
+    knob's ``range=``), or not finite; and min_lr above the peak lr it is the floor of."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            continue
+        if not math.isfinite(value):
+            raise ValueError(f"{f.name}={value} must be a finite number")
+        rule = f.metadata.get("range") or RANGES.get(f.name)
+        if rule is None:
+            continue
+        lo, hi, lo_in, hi_in = rule
+        if (lo is not None and (value < lo or (value == lo and not lo_in))) or (
+                hi is not None and (value > hi or (value == hi and not hi_in))):
+            raise ValueError(f"{f.name}={value} must be {_describe(lo, hi, lo_in, hi_in)} (out of range)")
+    blr, min_lr, batch = (getattr(cfg, n, None) for n in ("blr", "min_lr", "batch_size"))
+    if None not in (blr, min_lr, batch) and blr > 0 and (getattr(cfg, "epochs", 1) or 0) > 0:
+        peak = blr * batch * (getattr(cfg, "accum_iter", 1) or 1) / 256
+        if min_lr > peak:
+            raise ValueError(f"min_lr={min_lr} is above the peak lr {peak:g} (= blr {blr:g} x batch {batch} / 256 "
+                             f"on one process): the schedule would climb to it. Allowed: 0 <= min_lr <= {peak:g}")
+    jmin, jmax = getattr(cfg, "jitter_min", None), getattr(cfg, "jitter_max", None)
+    if jmin is not None and jmax is not None and jmin > jmax:
+        raise ValueError(f"jitter_min={jmin:g} > jitter_max={jmax:g}")
+
+
+def check_common(cfg: RunConfig) -> None:
     """Validation of the shared fields (before any data, model or file is touched)."""
+    check_ranges(cfg)
     check_choice("amp", cfg.amp, AMP_MODES)
-    check_choice("pipeline", cfg.pipeline, PIPELINES)
-    check_choice("dataset", cfg.dataset, ("embedded", "cifar10", "imagefolder"))
+    if isinstance(cfg, EngineConfig):
+        check_choice("pipeline", cfg.pipeline, PIPELINES)
+        check_choice("dataset", cfg.dataset, ("embedded", "cifar10", "imagefolder"))
     check_positive(cfg, "log_every", "max_steps")
     check_positive(cfg, "save_every", "checkpoint_minutes", "num_workers", allow_zero=("save_every",
                    "checkpoint_minutes", "num_workers"))
-    if not 0 <= cfg.max_corrupt_fraction <= 1:
-        raise ValueError(f"max_corrupt_fraction={cfg.max_corrupt_fraction} must be in [0, 1]")
     if cfg.resume is not None and cfg.overwrite:
         raise ValueError("resume and overwrite contradict each other: --resume continues the run in "
                          "--output-dir, --overwrite deletes it")

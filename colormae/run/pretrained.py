@@ -25,10 +25,19 @@ from typing import Any, Sequence
 
 import torch
 
-from ..files import atomic_write, project_path, save_torch
-from ..models.convert import (CLASSIFIER_KEYS, ConversionError, build_model, canonical_state, canonical_to_hf,
-                              canonical_to_timm, hf_to_canonical, infer_config, mmpretrain_to_canonical,
-                              timm_to_canonical)
+from ..files import atomic_write, project_path, repo_relative, save_torch
+from ..models.convert import (
+    CLASSIFIER_KEYS,
+    ConversionError,
+    build_model,
+    canonical_state,
+    canonical_to_hf,
+    canonical_to_timm,
+    hf_to_canonical,
+    infer_config,
+    mmpretrain_to_canonical,
+    timm_to_canonical,
+)
 from ..models.mae import MAEConfig, MaskedAutoencoder, timm_kwargs
 from .rundir import ENCODER, LAST
 
@@ -80,7 +89,8 @@ def _hf_folder(path: Path) -> tuple[dict, dict]:
     except ImportError:  # the names in the file (both transformers generations are mapped)
         return state, config
     # the installed transformers' own names, whatever renaming its loader applies to older files
-    cls = transformers.ViTMAEForPreTraining if any(k.startswith("decoder.") for k in state) else transformers.ViTMAEModel
+    decoder = any(k.startswith("decoder.") for k in state)
+    cls = transformers.ViTMAEForPreTraining if decoder else transformers.ViTMAEModel
     return cls.from_pretrained(str(path)).state_dict(), config
 
 
@@ -172,9 +182,11 @@ def read_pretrained(path: str | os.PathLike | dict) -> tuple[str, dict, dict, di
         canon, classifier, bad = hf_to_canonical(state)
         _check("hf", p, bad)
         if config.get("hidden_act", "gelu") != "gelu" or not config.get("qkv_bias", True):
-            raise PretrainedFileError(f"{p}: hidden_act={config.get('hidden_act')!r}, qkv_bias={config.get('qkv_bias')}; "
-                                      "allowed values: hidden_act='gelu', qkv_bias=True")
-        hints = {"num_heads": config.get("num_attention_heads"), "decoder_num_heads": config.get("decoder_num_attention_heads"),
+            raise PretrainedFileError(f"{p}: hidden_act={config.get('hidden_act')!r}, "
+                                      f"qkv_bias={config.get('qkv_bias')}; allowed values: hidden_act='gelu', "
+                                      "qkv_bias=True")
+        hints = {"num_heads": config.get("num_attention_heads"),
+                 "decoder_num_heads": config.get("decoder_num_attention_heads"),
                  "norm_eps": config.get("layer_norm_eps", 1e-12), "norm_pix_loss": config.get("norm_pix_loss", False)}
         return "hf", canon, classifier, hints, str(p)
     if p.suffix == ".safetensors":
@@ -286,7 +298,8 @@ def init_from_pretrained(model: MaskedAutoencoder, path: str | os.PathLike) -> d
     """Copy the weights of ``path`` (any format ``load_pretrained`` reads) into ``model``: the encoder
     (position embeddings resampled to the model's grid), and the decoder when the file has one of the same
     shape (else the decoder keeps its fresh init). Returns what was done, for the run summary."""
-    src = load_pretrained(path, img_size=model.cfg.img_size)
+    with torch.random.fork_rng(devices=[]):  # building the source model must not move the run's RNG
+        src = load_pretrained(path, img_size=model.cfg.img_size)
     own, theirs = model.state_dict(), canonical_state(src)
     enc = [k for k in own if not k.startswith(("decoder", "mask_token"))]
     missing = [k for k in enc if k not in theirs and not k.startswith("norm.")]
@@ -309,7 +322,7 @@ def init_from_pretrained(model: MaskedAutoencoder, path: str | os.PathLike) -> d
             own[k].copy_(theirs[k])
     log.info("initialised from %s (format %s): %d tensors, decoder %s", src.source, src.source_format, len(copy),
              "copied" if decoder else "fresh")
-    return {"file": src.source, "format": src.source_format, "tensors": len(copy), "decoder": decoder}
+    return {"file": repo_relative(src.source), "format": src.source_format, "tensors": len(copy), "decoder": decoder}
 
 
 # -- colormae convert ---------------------------------------------------------------------------------------

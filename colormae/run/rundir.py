@@ -298,14 +298,14 @@ def config_record(cfg) -> dict:
     return record
 
 
-def check_same_experiment(saved: dict, cfg, where: str | os.PathLike) -> None:
+def check_same_experiment(saved: dict, cfg, where: str | os.PathLike, growable: tuple[str, ...] = GROWABLE) -> None:
     """ValueError listing every experiment field of ``cfg`` that differs from the ``saved`` config
-    (epochs may grow), with how to proceed."""
+    (the ``growable`` ones, epochs, may grow: a resume extends the schedule), with how to proceed."""
     names = experiment_fields(type(cfg))
     new = config_record(cfg)
     saved = {**saved, **{n: repo_relative(saved[n]) for n in path_fields(type(cfg)) if saved.get(n) is not None}}
     diffs = [(n, a, b) for n, a, b in differences(saved, new, names)
-             if not (n in GROWABLE and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a)]
+             if not (n in growable and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a)]
     if diffs:
         listed = "; ".join(f"{n}: {a!r} -> {b!r}" for n, a, b in diffs)
         raise ValueError(f"{where} was run with another experiment config ({listed}). A run directory holds one "
@@ -391,10 +391,10 @@ ENGINE_NOUNS = {"pretrain": "pretraining"}
 def resolve_resume(cfg, run_dir: RunDir) -> Path | None:
     """The checkpoint to resume from (None: fresh start), after the rules in the module docstring."""
     present = run_dir.holds_run()
-    if present:
-        check_same_engine(cfg, run_dir)
     if cfg.overwrite:
         check_inputs_outside(cfg, run_dir)
+    if present:
+        check_same_engine(cfg, run_dir)
     if cfg.resume is None:
         if present and not cfg.overwrite:
             raise FileExistsError(

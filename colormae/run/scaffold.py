@@ -34,7 +34,7 @@ import torch.distributed as dist
 from timm.scheduler import CosineLRScheduler
 
 from ..data import datasets as data_lib
-from ..files import DiskFullError, load_checkpoint
+from ..files import OutputError, load_checkpoint
 from ..runtime import (
     Timer,
     environment_info,
@@ -206,8 +206,9 @@ class Run:
                  else "No checkpoint exists yet")
         what = f"loss is {value}" if not math.isfinite(value) else (
             f"loss exploded to {value:.4g}, {value / median:.0f}x the median of the last {len(self._recent)} steps")
-        raise FloatingPointError(f"{what} at epoch {epoch}, step {step}: stopping. {where}; try a lower --blr "
-                                 "or --amp none")
+        lr_flag = next((f"--{n.replace('_', '-')}" for n in ("blr", "lr") if hasattr(self.cfg, n)), None)
+        fixes = " or ".join(([f"a lower {lr_flag}"] if lr_flag else []) + ["--amp none"])
+        raise FloatingPointError(f"{what} at epoch {epoch}, step {step}: stopping. {where}; try {fixes}")
 
     def log_step(self, step: int, epoch: float, loss: torch.Tensor, lr: float, images: int, **extra) -> float:
         """After an optimizer step: the loss averaged over ranks, epoch mean, progress bar, and a
@@ -258,8 +259,8 @@ class Run:
                 self.metrics.write({"step": step, "epoch": epoch_done, "epoch_loss": self.last_epoch_loss})
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
         for ds in datasets:
-            if self.cfg.skip_corrupt:
-                data_lib.check_corrupt_fraction(ds, self.cfg.max_corrupt_fraction)
+            if getattr(self.cfg, "skip_corrupt", False):
+                data_lib.check_corrupt_fraction(ds, getattr(self.cfg, "max_corrupt_fraction", 0.01))
         self.save(state_fn)
         if self.cfg.save_every > 0 and epoch_done % self.cfg.save_every == 0:
             self.save(state_fn, f"checkpoint-{epoch_done:04d}.pth")
@@ -319,7 +320,7 @@ def cli_main(run: Callable, cfg) -> dict:
     except RunInterrupted as e:
         log.error("%s", e)
         raise SystemExit(143) from e
-    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RunInUseError, DiskFullError,
+    except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError, RunInUseError, OutputError,
             data_lib.CorruptImageError) as e:
         log.error("%s", e)
         raise SystemExit(2) from e
