@@ -23,6 +23,9 @@ class OutputError(OSError):
     """A file could not be written for a reason the user fixes outside the program (disk full,
     read-only folder, a file where a folder should be); the message says what to do."""
 
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()  # the message alone, not "[Errno 28] ..."
+
 
 class DiskFullError(OutputError):
     pass

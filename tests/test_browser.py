@@ -85,15 +85,23 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=5)
 
 
+PROMPTS = "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim())"
+
+
 def wait_until(page, script: str, timeout_s: float, what: str, arg=None):
     try:
         return page.wait_for_function(script, arg=arg, timeout=timeout_s * 1000, polling=250)
-    except Exception as e:  # playwright's TimeoutError: say what we waited for
-        pytest.fail(f"waited {timeout_s} s for {what}: {type(e).__name__}: {str(e)[:300]}")
+    except Exception as e:  # playwright's TimeoutError: say what we waited for, and what the page shows
+        shot = Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) / "colormae_browser_failure.png"
+        page.screenshot(path=str(shot), full_page=True)
+        pytest.fail(f"waited {timeout_s} s for {what}: {type(e).__name__}: {str(e)[:200]}; prompts "
+                    f"{page.evaluate(PROMPTS)}, images {page.locator('.jp-OutputArea-output img').count()}, "
+                    f"page screenshot {shot}")
 
 
 ALL_RUN = """() => {
   const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent.trim());
+  // every code cell numbered (none pending "[*]" or unrun "[ ]") and both images shown
   const imgs = document.querySelectorAll('.jp-OutputArea-output img');
   return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p)) && imgs.length >= 2;
 }"""
@@ -106,6 +114,8 @@ def drive(page, url: str) -> bytes:
     """Open notebook 09, Run All Cells, check the outputs, move the seed slider; the explorer's screenshot."""
     page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+    wait_until(page, "() => /\\| Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText || '')", 60,
+               "the kernel to start (status bar: '| Idle')")
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     wait_until(page, ALL_RUN, RUN_ALL_TIMEOUT_S, "every cell to run and both images to show")

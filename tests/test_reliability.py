@@ -379,8 +379,9 @@ def test_notebook_parameters_are_type_checked_like_flags(cls, params, message):
 
 def test_notebook_parameters_accept_what_the_flags_accept():
     cfg = config_from_params(pretrain.PretrainConfig, {"epochs": np.int64(3), "blr": 1, "norm_pix_loss": None,
-                                                      "amp": "none"})
+                                                      "amp": "none", "output_dir": Path("results/x")})
     assert cfg.epochs == 3 and type(cfg.epochs) is int and cfg.blr == 1.0 and type(cfg.blr) is float
+    assert cfg.output_dir == "results/x"  # a Path for a file or folder knob
 
 
 # == unclear ======================================================================================
@@ -416,8 +417,8 @@ def test_a_real_file_size_limit_is_the_disk_full_error_and_leaves_no_lock(tmp_pa
             print("LOCK", e)
     """)
     proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert "SAVE [Errno 28] the disk is full: could not write" in proc.stdout, proc.stderr
-    assert "LOCK [Errno 28] the disk is full: could not write" in proc.stdout, proc.stderr
+    assert "SAVE the disk is full: could not write" in proc.stdout, proc.stderr
+    assert "LOCK the disk is full: could not write" in proc.stdout, proc.stderr
     assert not (tmp_path / "run" / LOCK).exists() and not (tmp_path / "big.pth").exists()
     assert not list((tmp_path / "run").glob(".*.tmp"))
 
@@ -546,3 +547,19 @@ def test_grid_errors_name_the_file_and_leave_no_grid_json(tmp_path, monkeypatch,
     monkeypatch.setattr(grids, "write_table", lambda spec: tmp_path / "t.csv")
     grids.run_grid(spec)
     assert read_json(tmp_path / "g" / "grid.json")["masks"] == ["green"]
+
+
+def test_frozen_protocols_apply_the_corrupt_image_ceiling(micro_run, tmp_path):
+    """--max-corrupt-fraction was read by the trained protocols only; kNN skipped any number."""
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (tmp_path / "data" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (40 * i, 0, 0)).save(tmp_path / "data" / split / cls / f"{i}.png")
+    (tmp_path / "data" / "train" / "a" / "bad.png").write_bytes(b"")
+    cfg = dict(encoder=str(micro_run("green")), protocol="knn", dataset="imagefolder", data_root=str(tmp_path / "data"),
+               pipeline="files", skip_corrupt=True, knn_k=2, device="cpu", amp="none")
+    with pytest.raises(ValueError, match="1 of 9 images .* skipped as corrupt, more than the allowed 1.00%"):
+        finetune.run(finetune.FinetuneConfig(**cfg, output_dir=str(tmp_path / "a")))
+    s = finetune.run(finetune.FinetuneConfig(**cfg, max_corrupt_fraction=0.2, output_dir=str(tmp_path / "b")))
+    assert s["num_train"] == 9

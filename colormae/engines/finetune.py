@@ -351,7 +351,7 @@ def frozen(cfg: FinetuneConfig) -> dict:
                 linprobe_optimizer=cfg.linprobe_optimizer, linprobe_batch_size=cfg.batch_size,
                 linprobe_warmup_epochs=cfg.warmup_epochs, pool=cfg.pool, num_workers=cfg.num_workers,
                 amp=cfg.amp, num_classes=cfg.num_classes, img_size=cfg.img_size, skip_corrupt=cfg.skip_corrupt,
-                seed=cfg.seed, pipeline=cfg.pipeline)
+                seed=cfg.seed, pipeline=cfg.pipeline, max_corrupt_fraction=cfg.max_corrupt_fraction)
             key = "knn" if cfg.protocol == "knn" else "linprobe"
             r.dir.write_config(cfg)
             r.images_seen = result["num_train"] + result["num_test"]

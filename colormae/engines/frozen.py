@@ -248,7 +248,7 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
                     linprobe_batch_size: int = 256, linprobe_warmup_epochs: float = 10, pool: str = "cls",
                     batch_size: int = 256, num_workers: int = 0, amp: str = "none", num_classes: int | None = None,
                     img_size: int | None = None, skip_corrupt: bool = False, seed: int = 0,
-                    pipeline: str = "auto") -> dict:
+                    pipeline: str = "auto", max_corrupt_fraction: float = 0.01) -> dict:
     """kNN and linear-probe accuracy of a frozen encoder (run dir, .pth, or export dict).
 
     Features of the labeled train/test splits are extracted once (eval transform at the encoder's
@@ -273,6 +273,9 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
     kw = dict(batch_size=batch_size, device=device, pool=pool, num_workers=num_workers, amp=amp)
     xtr, ytr = extract_features(export, train_set, desc="train features", **kw)
     xte, yte = extract_features(export, test_set, desc="test features", **kw)
+    if skip_corrupt:  # the ceiling the trained protocols apply after each epoch (Run.end_epoch)
+        for ds in (train_set, test_set):
+            data_lib.check_corrupt_fraction(ds, max_corrupt_fraction)
     extract_s = timer.elapsed
     knn = knn_classify(xtr, ytr, xte, yte, k=knn_k, temperature=knn_temperature, num_classes=n_cls, device=device)
     result = {"knn_top1": knn["top1"], "knn_top5": knn["top5"], "linprobe_top1": None, "linprobe_top5": None}

@@ -8,6 +8,7 @@ from pathlib import Path
 from ..files import load_checkpoint, project_path, repo_relative
 from ..models.mae import MaskedAutoencoder, export_encoder
 from .pretrained import COMPACT_FORMAT, HF_WEIGHTS, PretrainedFileError, load_pretrained
+from .compact import compact_target, find_compact
 from .rundir import ENCODER, LAST, RunDir
 
 log = logging.getLogger(__name__)
@@ -86,23 +87,25 @@ def load_compact(path: str | os.PathLike) -> MaskedAutoencoder:
     return model
 
 
-def compact_path(grid_dir: str | os.PathLike, mask: str) -> Path:
-    return project_path(grid_dir) / "weights" / f"{mask}.pth"
+def compact_path(grid_dir: str | os.PathLike, mask: str, seed: int = 0) -> Path:
+    """The compact weights of (``mask``, ``seed``) in a grid: the file there is, else where one goes."""
+    return find_compact(grid_dir, mask, seed) or compact_target(grid_dir, mask, seed)
 
 
 def grid_model(grid_dir: str | os.PathLike, mask: str, seed: int = 0) -> tuple[MaskedAutoencoder, str]:
     """The pretrained MAE of ``mask`` in a grid, and where it was read from.
 
-    Seed 0: the committed compact file ``<grid_dir>/weights/<mask>.pth`` (what a fresh clone has),
-    else the run directory ``<grid_dir>/runs/<mask>_seed<seed>`` when its checkpoint is present.
+    The compact file of that mask and seed (``colormae.run.compact``: the committed seed-0 files are
+    what a fresh clone has), else the run directory ``<grid_dir>/runs/<mask>_seed<seed>`` when its
+    checkpoint is present.
     """
-    compact = compact_path(grid_dir, mask)
-    if seed == 0 and compact.is_file():
+    compact = find_compact(grid_dir, mask, seed)
+    if compact is not None:
         return load_compact(compact), repo_relative(compact)
     run = project_path(grid_dir) / "runs" / f"{mask}_seed{seed}"
     if (run / LAST).is_file():
         return load_mae(run), repo_relative(run)
-    raise FileNotFoundError(f"no model for mask={mask!r} seed={seed}: neither {repo_relative(compact)} "
-                            f"(seed 0 only) nor {repo_relative(run / LAST)}; run the grid "
-                            f"(colormae experiments cifar10-grid16) or "
-                            f"colormae weights {repo_relative(project_path(grid_dir))}")
+    raise FileNotFoundError(f"no model for mask={mask!r} seed={seed}: neither "
+                            f"{repo_relative(compact_target(grid_dir, mask, seed))} nor {repo_relative(run / LAST)}; "
+                            f"run the grid (colormae experiments cifar10-grid16) or "
+                            f"colormae weights {repo_relative(project_path(grid_dir))} --seed {seed}")

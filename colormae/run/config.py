@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -157,6 +158,8 @@ def check_type(cls: type, name: str, value: Any) -> Any:
             return float(value)
     elif isinstance(value, kind):
         return value
+    elif kind is str and isinstance(value, os.PathLike) and name in path_fields(cls):
+        return os.fspath(value)  # a Path for a file or folder knob
     wanted = kind.__name__ + (" or None" if optional else "")
     raise ValueError(f"{name}={value!r}: {cls.__name__} parameter {name} takes {wanted}, not "
                      f"{type(value).__name__}")
