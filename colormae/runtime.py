@@ -201,10 +201,48 @@ def peak_memory_bytes(device: torch.device) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """A handler that writes to whatever ``sys.stdout`` is at the time (a notebook kernel swaps it)."""
+
+    def __init__(self):
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _ShortFormatter(logging.Formatter):
+    """The message alone for INFO and below; ``WARNING: message`` (etc.) above."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
+
+
+def notebook_logging(level: int | str = logging.INFO, logger: str = "colormae") -> None:
+    """Notebook-friendly logging: ``logger``'s records (colormae's by default) at ``level`` and above go
+    to stdout as short messages, not to stderr (which Jupyter shows in red boxes). Idempotent: a second
+    call replaces the handler. Other libraries keep their own (root) handlers."""
+    target = logging.getLogger(logger)
+    for handler in list(target.handlers):
+        if isinstance(handler, _StdoutHandler):
+            target.removeHandler(handler)
+    handler = _StdoutHandler()
+    handler.setFormatter(_ShortFormatter("%(message)s"))
+    target.addHandler(handler)
+    target.setLevel(level)
+    target.propagate = False  # not again through root's (stderr) handlers
+
+
 def progress(iterable=None, **kwargs):
     """tqdm bar refreshed every ``$COLORMAE_PROGRESS_SECONDS`` seconds (default 2): notebooks set a
     long interval so their saved outputs hold a few progress lines, not hundreds."""
-    from tqdm import tqdm
+    from tqdm.auto import tqdm  # a widget bar inside a Jupyter kernel (ipywidgets), a text bar elsewhere
     kwargs.setdefault("mininterval", float(os.environ.get("COLORMAE_PROGRESS_SECONDS", "2")))
     return tqdm(iterable, **kwargs)
 

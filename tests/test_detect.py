@@ -8,17 +8,29 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from conftest import MICRO
+from PIL import Image
 from timm.models.vision_transformer_sam import Block
 
+from colormae.data.coco import (
+    CocoInstances,
+    check_annotations,
+    coco_evaluate,
+    instances_to_coco,
+    predictions_to_results,
+)
 from colormae.engines import detect
-from colormae.data.coco import (CocoInstances, check_annotations, coco_evaluate, instances_to_coco, predictions_to_results)
 from colormae.engines.detect import DetectConfig, Jittered
 from colormae.experiments.dense import DETECTION_COLUMNS, run_detection_experiment
-from colormae.models.mae import untrained_encoder
 from colormae.files import load_checkpoint, save_torch
-from colormae.models.vitdet import (SimpleFeaturePyramid, ViTDetBackbone, backbone_from_export, block_forward, global_blocks)
+from colormae.models.mae import untrained_encoder
+from colormae.models.vitdet import (
+    SimpleFeaturePyramid,
+    ViTDetBackbone,
+    backbone_from_export,
+    block_forward,
+    global_blocks,
+)
 
 # a tiny detector: 64 px, patch 8 (the micro encoder's 8x8 grid), narrow heads
 TINY = dict(img_size=64, patch_size=8, fpn_channels=16, roi_batch=16, batch_size=2, amp="none", log_every=1,

@@ -75,11 +75,11 @@ def test_plot_run_reconstructions_uses_the_recorded_masker(micro_run, tmp_path):
 
 # -- saving ------------------------------------------------------------------------------------------
 
-def test_save_figures_and_jpeg(tmp_path):
+def test_save_figure_and_jpeg(tmp_path):
     fig = Figure(figsize=(1, 1))
     fig.subplots().plot([0, 1])
-    paths = figures.save_figures({"a": fig, "b": fig}, tmp_path)
-    assert [p.name for p in paths] == ["a.png", "a.pdf", "b.png", "b.pdf"] and all(p.is_file() for p in paths)
+    paths = figures.save_figure(fig, "a", tmp_path)
+    assert [p.name for p in paths] == ["a.png", "a.pdf"] and all(p.is_file() for p in paths)
     jpg = figures.save_jpeg(fig, tmp_path / "sub" / "c.jpg", dpi=50)
     assert Image.open(jpg).format == "JPEG" and Image.open(jpg).size == (50, 50)
 
@@ -177,6 +177,7 @@ def test_overlay_labels_tints_the_class_only():
 
 def test_segmentation_runs_per_encoder_tables_and_figure(tmp_path):
     from test_dense_data import make_pennfudan
+
     from colormae.data.dense import build_segmentation
     pf = make_pennfudan(tmp_path / "pf", n=60, size=(40, 56))
     encoders = {}

@@ -5,18 +5,17 @@ import math
 
 import pytest
 import torch
+from conftest import run_one_and_two_processes
 from PIL import Image
 
 from colormae.cli import main as colormae_main
 from colormae.engines import finetune as ft
-from colormae.engines.frozen import evaluate_frozen, extract_features, knn_classify, linear_probe
 from colormae.engines.finetune import FinetuneConfig, build_finetune_model
-from colormae.models.mae import export_encoder, mae_model
+from colormae.engines.frozen import evaluate_frozen, extract_features, knn_classify, linear_probe
 from colormae.files import load_checkpoint
+from colormae.models.mae import export_encoder, mae_model
 from colormae.run.artifacts import load_encoder
 from colormae.run.rundir import read_metrics
-from conftest import MICRO, run_one_and_two_processes
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny ops run faster on one thread
 

@@ -45,6 +45,7 @@ TINY: dict[str, dict] = {
     "06_band_sweep.ipynb": {"grid_dir": str(ROOT / "results" / "cifar10_grid16"),
                             "sweep_dir": str(ROOT / "results" / "cifar10_band_sweep")},
     "08_cost_and_tables.ipynb": {"fig_dir": "{tmp}/out"},
+    "09_explore.ipynb": {"n_masks": 8, "grid": 8},  # the widget (nbval stores its repr) and one static view
 }
 # file in the notebook's output dir -> dotted key -> the tiny run's value (relative tolerance PIN_RTOL)
 PINNED: dict[str, dict[str, dict[str, float]]] = {
@@ -57,12 +58,14 @@ PINNED: dict[str, dict[str, dict[str, float]]] = {
     "05_detection.ipynb": {"random/summary.json": {"final_loss": 2.81238, "steps": 4},
                            "green/summary.json": {"final_loss": 2.87053, "steps": 4}},
     "07_reconstructions_attention.ipynb": {
-        "fig3_reconstruction_mse.json": {"masked_patch_mse.green.loss": 1.80843, "masked_patch_mse.random.loss": 1.81741},
+        "fig3_reconstruction_mse.json": {"masked_patch_mse.green.loss": 1.80843,
+                                         "masked_patch_mse.random.loss": 1.81741},
         "fig5_pennfudan_foreground_attention.json": {"uniform": 0.235168}},
 }
 PIN_RTOL = 0.002  # BLAS/thread differences move these by ~1e-5; the lr schedule's warmup fix moved them 0.5-3 %
 # the parameter that says where a notebook writes (pointed into tmp_path by the test)
-OUTPUT_PARAM = {"00_color_noise.ipynb": "out_dir", "03_table1_cifar10.ipynb": "fig_dir", "06_band_sweep.ipynb": "fig_dir"}
+OUTPUT_PARAM = {"00_color_noise.ipynb": "out_dir", "03_table1_cifar10.ipynb": "fig_dir",
+                "06_band_sweep.ipynb": "fig_dir"}
 
 
 # datasets (under ../shared/data or $COLORMAE_DATA) a notebook's tiny run needs; absent: the test skips

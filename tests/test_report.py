@@ -55,7 +55,8 @@ def test_comparison_tables_one_per_metric(grid):
     assert [t.columns[0] for t in tables] == ["kNN top-1 %", "linear probe top-1 %"]
     # green - random: +1, +3 points -> mean +2.00, sd sqrt(2), half width t(0.975, 1) sqrt(2) / sqrt(2)
     green = tables[0].loc["green", "− random (points) [95 % CI]"]
-    # the family vs random is green alone (blue has 1 seed): Holm p = paired t p = 0.3 (t = 2 / (sqrt(2) / sqrt(2)), 1 dof)
+    # the family vs random is green alone (blue has 1 seed): Holm p = paired t p = 0.3
+    # (t = 2 / (sqrt(2) / sqrt(2)), 1 dof)
     assert green == f"+2.00 [{2 - T975_1:+.2f}, {2 + T975_1:+.2f}] (n=2, Holm p 0.3)"
 
 

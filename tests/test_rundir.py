@@ -13,12 +13,12 @@ import pytest
 import torch
 from conftest import MICRO
 
-from colormae.run import scaffold as engine
 from colormae.engines import finetune, pretrain
 from colormae.engines.launch import parse_engine_args
-from colormae.run.config import build_parser
-from colormae.models.mae import MaskedAutoencoder
 from colormae.files import DiskFullError, load_checkpoint
+from colormae.models.mae import MaskedAutoencoder
+from colormae.run import scaffold as engine
+from colormae.run.config import build_parser
 from colormae.run.rundir import RunDir, RunInUseError, read_metrics
 
 
@@ -128,7 +128,8 @@ def test_a_second_writer_fails_at_once_and_a_stale_lock_is_taken_over(tmp_path):
 
 def test_two_concurrent_cli_runs_one_fails_with_a_clear_message(tmp_path):
     import time
-    cmd = [sys.executable, "-m", "colormae", "pretrain", "--preset", MICRO, "--dataset-length", "100000", "--epochs", "1",
+    cmd = [sys.executable, "-m", "colormae", "pretrain", "--preset", MICRO, "--dataset-length", "100000",
+           "--epochs", "1",
            "--batch-size", "16", "--amp", "none", "--device", "cpu", "--output-dir", str(tmp_path)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -288,6 +289,7 @@ def test_bad_pretrain_flags_are_named(argv, message, tmp_path):
 
 def test_paths_are_recorded_relative_to_the_repository_and_compare_either_way():
     import shutil
+
     from colormae.files import ROOT
     rel = "results/scratch/test_relative_paths"  # git-ignored
     out = ROOT / rel

@@ -15,9 +15,15 @@ import logging
 import os
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..data.datasets import sample_images
+from ..data.dense import load_pennfudan
+from ..files import project_path
+from ..run.artifacts import grid_model
 from .figures import HELDOUT_NAMES, to_display
 
 log = logging.getLogger(__name__)
@@ -115,7 +121,6 @@ def plot_attention(imgs: torch.Tensor, maps: dict[str, torch.Tensor], *, title: 
     """DINO-style figure: a row of images, then one row per encoder (label -> [B, g, g] [CLS]
     attention) with the map upsampled (bilinear) and overlaid; each map scaled to its own max.
     ``col_titles``: one per image (e.g. the dataset), shown above the first row."""
-    import numpy as np
     from matplotlib.figure import Figure
 
     shown = to_display(imgs)
@@ -146,9 +151,7 @@ def plot_attention(imgs: torch.Tensor, maps: dict[str, torch.Tensor], *, title: 
 def pennfudan_test(root: str | os.PathLike | None = None) -> list:
     """Penn-Fudan's test split (``data.dense.load_pennfudan``), or [] with a warning when it is not
     available (Fig. 5 then shows two datasets and the foreground fraction is skipped)."""
-    from ..files import project_path
     try:
-        from ..data.dense import load_pennfudan
         return load_pennfudan(root and str(project_path(root)), "test")
     except (FileNotFoundError, ImportError) as err:
         log.warning("Penn-Fudan unavailable (%s): Fig. 5 shows two datasets and the foreground fraction is "
@@ -161,8 +164,6 @@ def attention_groups(heldout: str, data_root: str | None, penn_test: Sequence, i
     """Fig. 5's images by group name: ``n`` held-out test images, ``n`` evenly spaced Penn-Fudan
     test photos (resized whole; when ``penn_test`` is not empty) and, when the held-out set is not
     the embedded photographs, ``n`` of those."""
-    import numpy as np
-    from ..data.datasets import sample_images
     groups = {HELDOUT_NAMES[heldout]: sample_images(heldout, data_root, "test", img_size, n)}
     if len(penn_test):
         picks = np.linspace(0, len(penn_test) - 1, n).round().astype(int)
@@ -191,7 +192,6 @@ def foreground_attention(grid_dir: str | os.PathLike, masks: Sequence[str], seed
     Returns ``images``, ``uniform`` (its mean), ``per_mask_per_seed`` (mask -> seed -> mean) and
     ``rows``, a table: the uniform map, then per mask its seeds, the mean over images and seeds
     and the standard deviation over images of the seed-averaged fraction."""
-    from ..run.artifacts import grid_model
     imgs, fg = resize_batch([s.image for s in samples], [s.instances for s in samples], img_size)
     uniform = foreground_fraction(torch.ones(len(samples), grid, grid), fg)
     rows = {"uniform map (person area share)": {"seeds": "-", "mean": float(uniform.mean()),

@@ -17,11 +17,10 @@ import timm
 import torch
 import torch.nn as nn
 
-from ..run.rundir import LAST
-from ..files import load_checkpoint
-from ..files import project_path
-from ..run.artifacts import CLASSIFIER
+from ..files import load_checkpoint, project_path
 from ..models.mae import export_encoder, timm_vit_from_export
+from ..run.artifacts import CLASSIFIER
+from ..run.rundir import LAST
 from .figures import to_display
 
 log = logging.getLogger(__name__)

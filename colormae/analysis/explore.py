@@ -22,7 +22,6 @@ import functools
 import html
 import io
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from ..masks.maskers import KINDS, SOURCES, make_masker, masks_from_scores
 from ..masks.noise import COLORS, DEFAULT_PARAMS, color_params, color_transfer, radial_spectrum
 from ..masks.schedule import band_centre
 from ..masks.stats import mask_statistics, visible_clusters
+from ..runtime import notebook_logging  # notebook 09 calls explore.notebook_logging()
 from . import results
 from .figures import KIND_COLORS, KIND_LABELS, MASK_CMAP, mean_periodogram
 
@@ -570,46 +570,6 @@ def mask_explorer(kind: str = "green", grid: int = 16, mask_ratio: float = 0.75,
     sweep = band_sweep_points(sweep_dir, grid_dir) if sweep_dir is not None else None
     return MaskExplorer(kind, grid, mask_ratio, seed, source, sweep=sweep, n_masks=n_masks,
                         continuous_update=continuous_update, **params)
-
-
-# ----------------------------------------------------------------------------- notebook output
-
-class _StdoutHandler(logging.StreamHandler):
-    """A handler that writes to whatever ``sys.stdout`` is at the time (a notebook kernel swaps it)."""
-
-    def __init__(self):
-        super().__init__(sys.stdout)
-
-    @property
-    def stream(self):
-        return sys.stdout
-
-    @stream.setter
-    def stream(self, value):
-        pass
-
-
-class _ShortFormatter(logging.Formatter):
-    """The message alone for INFO and below; ``WARNING: message`` (etc.) above."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
-
-
-def notebook_logging(level: int | str = logging.INFO, logger: str = "colormae") -> None:
-    """Notebook-friendly logging: ``logger``'s records (colormae's by default) at ``level`` and above go
-    to stdout as short messages, not to stderr (which Jupyter shows in red boxes). Idempotent: a second
-    call replaces the handler. Other libraries keep their own (root) handlers."""
-    target = logging.getLogger(logger)
-    for handler in list(target.handlers):
-        if isinstance(handler, _StdoutHandler):
-            target.removeHandler(handler)
-    handler = _StdoutHandler()
-    handler.setFormatter(_ShortFormatter("%(message)s"))
-    target.addHandler(handler)
-    target.setLevel(level)
-    target.propagate = False  # not again through root's (stderr) handlers
 
 
 __all__ = ["MaskView", "mask_view", "band_sweep_points", "nearest_band", "stats_table", "stats_html", "describe",

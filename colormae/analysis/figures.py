@@ -18,9 +18,14 @@ from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from ..data.datasets import build_dataset, sample_images
+from ..engines import detect
+from ..engines.segment import load_segmenter, predict_labels
 from ..masks.maskers import make_masker, masker_from_description
 from ..masks.noise import COLORS, color_noise, radial_spectrum
 from ..models.mae import MaskedAutoencoder, reconstruct
+from ..run.artifacts import grid_model, load_mae
+from ..run.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +39,6 @@ MASK_CMAP = ListedColormap(["#3b3b3b", "#f2f2f2"])
 
 
 # ----------------------------------------------------------------------------- saving
-
-def save_figures(figs: dict[str, Figure], out_dir: str | Path, dpi: int = 150) -> list[Path]:
-    """``save_figure`` for each (name -> figure) of ``figs``; returns every path written."""
-    return [p for name, fig in figs.items() for p in save_figure(fig, name, out_dir, dpi)]
-
 
 def save_jpeg(fig: Figure, path: str | Path, dpi: int = 100, quality: int = 85) -> Path:
     """``fig`` as one JPEG (photographs: a tenth of a PNG's size, for the file and the notebook)."""
@@ -227,7 +227,8 @@ def plot_loss_curves(runs: dict[str, list[dict]], *, x: str = "epoch", window: i
     return fig
 
 
-def to_display(imgs: torch.Tensor, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> np.ndarray:
+def to_display(imgs: torch.Tensor, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None) -> np.ndarray:
     """Normalized [B, C, H, W] -> displayable [B, H, W, C] in [0, 1] (ImageNet statistics by default)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
     mean = torch.tensor(mean or IMAGENET_DEFAULT_MEAN).view(1, -1, 1, 1)
@@ -289,8 +290,6 @@ def plot_run_reconstructions(run_dir: str | Path, imgs: torch.Tensor, *, mask_in
     generator seeded with the run's seed), reconstructed by the network at step 0 (the run's seed,
     untrained) and by the trained one. Returns the figure, each model's masked-patch MSE on
     ``imgs`` and the mask kind."""
-    from ..run.artifacts import load_mae
-    from ..run.rundir import RunDir
     summary = RunDir(run_dir).read_summary()
     if not summary or not summary.get("masks"):
         raise FileNotFoundError(f"{run_dir} holds no pretraining summary with recorded masks")
@@ -312,7 +311,6 @@ HELDOUT_NAMES = {"cifar10": "CIFAR-10 test", "embedded": "embedded photographs (
 def heldout_dataset(data_root: str | None = None) -> str:
     """"cifar10" when CIFAR-10 is readable (in place, from ``data_root`` or ../shared/data), else
     "embedded" (the bundled photographs), with a warning."""
-    from ..data.datasets import build_dataset
     try:
         build_dataset("cifar10", data_root, "test", length=1)
         return "cifar10"
@@ -326,7 +324,6 @@ def grid_models(grid_dir: str | Path, masks: Sequence[str], seed: int = 0
     """The grid's pretrained MAE of each of ``masks`` (``run.artifacts.grid_model``) and where each
     was read from. Missing ones are left out with a warning (a grid still running); none at all is
     a FileNotFoundError."""
-    from ..run.artifacts import grid_model
     models, sources, missing = {}, {}, []
     for m in dict.fromkeys(masks):
         try:
@@ -369,7 +366,6 @@ def plot_grid_reconstructions(models: dict[str, MaskedAutoencoder], heldout: str
                               n: int, seed: int) -> dict[str, Figure]:
     """Fig. 3 by file name: ``fig3_reconstructions`` on the held-out set (``heldout_dataset``) and,
     when that is CIFAR-10, ``fig3_reconstructions_photos`` on the embedded photographs."""
-    from ..data.datasets import sample_images
     img_size = next(iter(models.values())).cfg.img_size
     title = "{}: each mask's model under its own mask, 75 % masked (norm-pix, de-normalized)"
     sets = {"fig3_reconstructions": (heldout, data_root)}
@@ -410,7 +406,6 @@ def plot_segmentation_runs(run_dirs: dict[str, str | Path], test, n_show: int, d
     each; the ground truth, then each segmentation run's (label -> run directory) predicted person
     pixels (red), predicted with the run's own test scale, crop and stride. Shown at about
     ``display_px`` px (small files)."""
-    from ..engines.segment import load_segmenter, predict_labels
     loaded = {label: load_segmenter(d) for label, d in run_dirs.items()}
     show = np.linspace(0, len(test) - 1, min(n_show, len(test))).round().astype(int)
     fig = Figure(figsize=(2.6 * (len(loaded) + 1), 2.3 * len(show)))
@@ -436,7 +431,6 @@ def plot_detection_runs(run_dirs: dict[str, str | Path], n_show: int, score_thre
     """Notebook 05: the first ``n_show`` test images of the runs' data, one row each: the ground
     truth (every instance), then each detection run's (label -> run directory) ``top_k`` best
     detections scoring >= ``score_threshold`` (masks filled, boxes yellow; scores in the title)."""
-    from ..engines import detect
     loaded = {label: detect.load_detector(d) for label, d in run_dirs.items()}
     test_set = detect.build_data(next(iter(loaded.values()))[1], "test")
     shown = list(range(min(n_show, len(test_set))))

@@ -707,7 +707,8 @@ def power_table(results_dir: str | Path, effect: float = 0.005, power: float = 0
             continue
         n, sd = int(d.loc[mask, "n"]), float(d.loc[mask, "std"])
         rows.append({"design": design, "pairs": n, "paired sd (points)": round(sd * 100, 2),
-                     f"detectable at {power:.0%} power (points)": round(results.detectable_effect(sd, n, power, alpha) * 100, 2),
+                     f"detectable at {power:.0%} power (points)":
+                         round(results.detectable_effect(sd, n, power, alpha) * 100, 2),
                      f"pairs for {effect * 100:g} points": results.pairs_needed(effect, sd, power, alpha)})
     return pd.DataFrame(rows).set_index("design")
 
@@ -726,7 +727,8 @@ def power_in_words(power: pd.DataFrame, gains: pd.DataFrame) -> list[str]:
     lines.append(f"The paper's own green - random gain at {first} ImageNet epochs: "
                  + ", ".join(f"{task} {v:+.2f}" for task, v in gains.loc[first].items())
                  + " points (paper's numbers): far below what these designs detect, so they cannot test the "
-                 "paper's headline; only longer pretraining, where the paper's gain grows, or many more seed pairs could.")
+                 "paper's headline; only longer pretraining, where the paper's gain grows, or many more seed pairs "
+                 "could.")
     return lines
 
 

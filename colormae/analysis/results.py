@@ -70,7 +70,8 @@ def format_mean_std(summary: pd.DataFrame, metric: str, scale: float = 100.0, di
                       if k == 1 else "—" for m, s, k in zip(mean, std.fillna(0), n)], index=summary.index)
 
 
-def mean_std_columns(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), prefix: str = "ours: ") -> pd.DataFrame:
+def mean_std_columns(table: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"),
+                     prefix: str = "ours: ") -> pd.DataFrame:
     """One 'mean ± std (n=k)' column per metric (in %) and one row per mask, columns named
     ``f"{prefix}{label} %"``: our side of a table printed beside the paper's."""
     summary = summarize_by_mask(table, metrics=tuple(metrics))
@@ -83,7 +84,8 @@ def _per_seed(table: pd.DataFrame, mask: str, metric: str) -> pd.Series:
     rows = table[(table["mask"] == mask) & table[metric].notna()]
     if rows["seed"].duplicated().any():
         raise ValueError(f"mask={mask!r} has several rows for seed(s) "
-                         f"{sorted(set(rows.loc[rows['seed'].duplicated(), 'seed']))}: one row per (mask, seed) expected")
+                         f"{sorted(set(rows.loc[rows['seed'].duplicated(), 'seed']))}: one row per (mask, seed) "
+                         "expected")
     return rows.set_index("seed")[metric].astype(float)
 
 
@@ -228,7 +230,8 @@ def differences_in_words(diffs: pd.DataFrame, digits: int = 1, design: str = "ex
     for mask, r in diffs.iterrows():
         if mask == CONTROL:
             continue
-        head = f"{METRIC_LABELS.get(r['metric'], r['metric'])}: {mask} − {r['reference']} = {_points(r['diff'], digits)} points"
+        label = METRIC_LABELS.get(r["metric"], r["metric"])
+        head = f"{label}: {mask} − {r['reference']} = {_points(r['diff'], digits)} points"
         if r["n"] < 2:
             lines.append(f"{head} from 1 seed: no interval (needs 2 or more seeds of both), not resolved")
             continue
@@ -430,7 +433,8 @@ def load_band_sweep(sweep_dir: str | Path, grid_dir: str | Path | None = None) -
         return pd.DataFrame(columns=[*BAND_COLUMNS, "source"]), sweep_path.exists()
     rows = pd.concat(parts, ignore_index=True)
     rows = rows.drop_duplicates(["sigma1", "sigma2", "seed"], keep="first")  # the sweep's own row first
-    return rows.sort_values(["band_centre", "seed"], ascending=[False, True]).reset_index(drop=True), sweep_path.exists()
+    rows = rows.sort_values(["band_centre", "seed"], ascending=[False, True]).reset_index(drop=True)
+    return rows, sweep_path.exists()
 
 
 def band_sweep_summary(rows: pd.DataFrame, metrics=("knn_top1", "linprobe_top1"), seeds=None) -> pd.DataFrame:

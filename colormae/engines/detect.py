@@ -289,11 +289,7 @@ def run(cfg: DetectConfig) -> dict:
                 with autocast(cfg.amp, device):
                     losses = ddp_model(images, targets)
                 loss = sum(losses.values())
-                r.check_loss(loss, epoch, step)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                r.optimizer_step(loss, epoch, step, optimizer, scaler)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 scheduler.step_update(num_updates=step)
                 head_lr = max(g["lr"] for g in optimizer.param_groups)  # pyramid and heads: no layer decay

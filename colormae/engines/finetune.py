@@ -289,11 +289,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
                     imgs, targets = mixup(imgs, targets)
                 with autocast(cfg.amp, device):
                     loss = criterion(ddp_model(imgs), targets)
-                r.check_loss(loss, epoch, step)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                r.optimizer_step(loss, epoch, step, optimizer, scaler)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 scheduler.step_update(num_updates=step)
                 r.log_step(step, epoch + batch_in_epoch / steps_per_epoch, loss,

@@ -280,11 +280,7 @@ def run(cfg: SegmentConfig) -> dict:
                     raise ValueError(f"{unlabeled_batches} batches in a row hold no labelled pixel (every label is "
                                      f"the ignore value {IGNORE_INDEX}): the {cfg.data} masks carry no class. Check "
                                      "the mask encoding (class indices 0..num_classes-1, 255 = ignore) or --data-root")
-                r.check_loss(loss, epoch, step)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                r.optimizer_step(loss, epoch, step, optimizer, scaler)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 r.log_step(step, epoch + batch_in_epoch / steps_per_epoch, loss,
                            max(g["lr"] for g in optimizer.param_groups), imgs.shape[0] * info.world_size)

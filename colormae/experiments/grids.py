@@ -45,7 +45,8 @@ from . import dense
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = ["mask", "seed", "pretrain_epochs", "final_loss", "knn_top1", "knn_top5", "linprobe_top1",
-                 "linprobe_top5", "finetune_top1", "preset", "grid", "mask_source", "mask_params", "pretrain_wall_s", "images_per_s",
+                 "linprobe_top5", "finetune_top1", "preset", "grid", "mask_source", "mask_params", "pretrain_wall_s",
+                 "images_per_s",
                  "eval_wall_s"]
 
 
@@ -308,7 +309,8 @@ def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> P
                 rec = read_json(path)
                 rows.append({"sigma1": s1, "sigma2": s2, "band_centre": round(band_centre(s1, s2), 4),
                              "seed": rec["seed"], "knn_top1": rec["knn_top1"], "linprobe_top1": rec["linprobe_top1"],
-                             "mean_cluster_size": round(band_cluster_size(s1, s2, grid, spec.pretrain["mask_ratio"]), 3),
+                             "mean_cluster_size":
+                                round(band_cluster_size(s1, s2, grid, spec.pretrain["mask_ratio"]), 3),
                              "run": repo_relative(path.parent)})
     rows.sort(key=lambda r: (-r["band_centre"], r["seed"]))
     return write_csv(rows, BAND_COLUMNS, project_path(spec.out) / "table.csv")
@@ -394,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(DENSE)}: the grid's pretraining seeds whose encoders are fine-tuned")
     p.add_argument("--out", default=None, help="output folder (default: results/<grid name>)")
     p.add_argument("--masks", nargs="+", default=None, help=f"mask kinds, and '{CONTROL}' for the untrained control")
-    p.add_argument("--seeds", nargs="+", type=int, default=None, help="these seeds for every mask (default: the grid's)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="these seeds for every mask (default: the grid's)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--preset", default=None)
     p.add_argument("--dataset", default=None)
@@ -409,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{', '.join(DENSE)}; their evaluations are kept")
     p.add_argument("--device", default="auto")
     p.add_argument("--scale", choices=("cpu", "gpu"), default="cpu",
-                   help="cifar10-grid16 only: 'gpu' = the longer, 5-seed, fine-tuned version (results/cifar10_grid16_gpu)")
+                   help="cifar10-grid16 only: 'gpu' = the longer, 5-seed, fine-tuned version "
+                        "(results/cifar10_grid16_gpu)")
     return p
 
 

@@ -88,7 +88,7 @@ def _parameters(cells: list[dict]) -> dict:
     return {}
 
 
-_SAVE = re.compile(r"save_figure\(\s*\w+\s*,\s*(f?)([\"'])([^\"']+)\2\s*,\s*(\w+)")
+_SAVE = re.compile(r"save_figure\(\s*[^,]+?\s*,\s*(f?)([\"'])([^\"']+)\2\s*,\s*(\w+)")
 
 
 def scan_notebook(path: Path) -> Notebook:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..files import load_checkpoint, project_path, repo_relative
 from ..models.mae import MaskedAutoencoder, export_encoder
-from .pretrained import COMPACT_FORMAT, HF_WEIGHTS, PretrainedFileError, load_pretrained
 from .compact import compact_target, find_compact
+from .pretrained import COMPACT_FORMAT, HF_WEIGHTS, PretrainedFileError, load_pretrained
 from .rundir import ENCODER, LAST, RunDir
 
 log = logging.getLogger(__name__)

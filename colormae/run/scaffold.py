@@ -193,6 +193,15 @@ class Run:
         return (self.images_before + self.images_seen) / max(self.wall_time_s, 1e-9)
 
     # -- inside the loop ---------------------------------------------------------------------------
+    def optimizer_step(self, loss: torch.Tensor, epoch: int, step: int, optimizer, scaler) -> None:
+        """One optimizer step of the fine-tuning engines: check the loss, backward (fp16 loss scaling
+        when enabled), step, zero the gradients."""
+        self.check_loss(loss, epoch, step)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
     def check_loss(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Stop on a non-finite loss or one > EXPLOSION_FACTOR x the running median (before NaN)."""
         value = loss.item()
