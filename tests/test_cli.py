@@ -59,3 +59,14 @@ def test_the_old_module_entry_points_are_gone():
     proc = subprocess.run([sys.executable, "-m", "colormae.pretrain", "--help"], capture_output=True, text=True,
                           cwd=ROOT)
     assert proc.returncode != 0 and "No module named colormae.pretrain" in proc.stderr
+
+
+def test_readme_command_table_is_the_registry():
+    """README's command table lists exactly the commands of ``cli.COMMANDS``, with their --help lines."""
+    rows = [ln for ln in (ROOT / "README.md").read_text().splitlines() if ln.startswith("| `")]
+    table = {}
+    for ln in rows:
+        name, line = [c.strip() for c in ln.strip("|").split("|")[:2]]
+        if name.strip("`") in cli.COMMANDS:
+            table[name.strip("`")] = line
+    assert table == {name: line for name, (_, line) in cli.COMMANDS.items()}
