@@ -140,6 +140,16 @@ def holm(p) -> np.ndarray:
     return out
 
 
+def t_interval(d, confidence: float = 0.95) -> tuple[float, float]:
+    """mean(d) ± t_{(1+confidence)/2, n-1} std(d, ddof=1) / sqrt(n); (NaN, NaN) for n < 2."""
+    d = np.asarray(d, dtype=float)
+    n = len(d)
+    if n < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * d.std(ddof=1) / np.sqrt(n)
+    return float(d.mean() - half), float(d.mean() + half)
+
+
 def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference: str = "random",
                        confidence: float = 0.95) -> pd.DataFrame:
     """Per mask: the paired difference ``mask - reference`` of ``metric`` over the seeds both have.
@@ -175,8 +185,7 @@ def paired_differences(table: pd.DataFrame, metric: str = "knn_top1", reference:
         d = (x.loc[seeds] - ref.loc[seeds]).to_numpy()  # aligned by seed, never by row position
         n = len(d)
         std = d.std(ddof=1) if n > 1 else float("nan")
-        half = stats.t.ppf((1 + confidence) / 2, n - 1) * std / np.sqrt(n) if n > 1 else float("nan")
-        lo, hi = d.mean() - half, d.mean() + half
+        lo, hi = t_interval(d, confidence)
         rows.append({"mask": mask, "reference": reference, "metric": metric, "n": n, "seeds": seeds,
                      "diff": d.mean(), "std": std, "ci_low": lo, "ci_high": hi, "p_t": paired_t_p(d),
                      "p_signflip": sign_flip_p(d), "confidence": confidence})
@@ -253,14 +262,13 @@ def confirmatory_test(table: pd.DataFrame, metric: str = "knn_top1", mask: str =
     ``mask - reference`` of ``metric`` by seed, one-sided paired t and one-sided exact sign-flip p
     (H1: mean > 0), both < ``alpha`` to confirm, with the two-sided ``confidence`` t interval. Until
     every one of ``planned_seeds`` has both runs the verdict is "incomplete" (no early look decides)."""
-    d_all = paired_differences(table, metric, reference, confidence)
-    done = sorted(d_all.loc[mask, "seeds"]) if mask in d_all.index else []
+    x, ref = _per_seed(table, mask, metric), _per_seed(table, reference, metric)
+    done = sorted(set(x.index) & set(ref.index))
     planned = sorted(planned_seeds) if planned_seeds is not None else done
-    d = (_per_seed(table, mask, metric).loc[done] - _per_seed(table, reference, metric).loc[done]).to_numpy()
+    d = (x.loc[done] - ref.loc[done]).to_numpy()
+    lo, hi = t_interval(d, confidence)
     out = {"metric": metric, "mask": mask, "reference": reference, "planned_seeds": planned, "seeds": done,
-           "n": len(done), "diff": float(d.mean()) if len(d) else float("nan"),
-           "ci_low": float(d_all.loc[mask, "ci_low"]) if len(d) > 1 else float("nan"),
-           "ci_high": float(d_all.loc[mask, "ci_high"]) if len(d) > 1 else float("nan"),
+           "n": len(done), "diff": float(d.mean()) if len(d) else float("nan"), "ci_low": lo, "ci_high": hi,
            "p_t_one_sided": paired_t_p(d, "greater"), "p_signflip_one_sided": sign_flip_p(d, "greater"),
            "alpha": alpha}
     if set(planned) - set(done):
