@@ -9,6 +9,7 @@ from conftest import run_one_and_two_processes
 from PIL import Image
 
 from colormae.cli import main as colormae_main
+from colormae.data.datasets import DATASETS, split_caveat
 from colormae.engines import finetune as ft
 from colormae.engines.finetune import FinetuneConfig, build_finetune_model
 from colormae.engines.frozen import evaluate_frozen, extract_features, knn_classify, linear_probe
@@ -144,6 +145,13 @@ def test_evaluate_frozen_end_to_end(run_dir):
         assert 0.0 <= r[key] <= 1.0, key
     assert (r["num_train"], r["num_test"], r["feature_dim"]) == (96, 32, 64)
     assert r["wall_time_s"] > 0
+    # the embedded test crops are crops of the train photos: the score says what it measures (issue 23.5)
+    assert "near-duplicate retrieval" in r["caveat"]
+
+
+def test_only_the_embedded_split_carries_a_caveat():
+    assert {name: split_caveat(name) is not None for name in DATASETS} == {
+        "embedded": True, "cifar10": False, "imagefolder": False}
 
 
 def test_evaluate_frozen_mismatch_fails_before_data(tmp_path):

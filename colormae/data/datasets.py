@@ -50,6 +50,12 @@ DATASETS = ("embedded", "cifar10", "imagefolder")
 SPLITS = ("train", "test", "val")  # "test" and "val" both mean the held-out split
 EMBEDDED_LENGTH = {"train": 2048, "test": 512}
 EMBEDDED_SEED = {"train": 0, "test": 1}  # different seeds: the test crops are not the train crops
+# What a test score on a dataset measures, where that is not what its name suggests. The embedded test
+# crops are other crops of the same photographs as the train crops (25-100 % of a photo's short side,
+# so they overlap them heavily): the score is near-duplicate retrieval, not generalisation to new images.
+SPLIT_CAVEATS = {"embedded": "the embedded test split holds other crops of the same photos as the train split, so "
+                             "this score measures near-duplicate retrieval (which photo a crop comes from), not "
+                             "generalisation; use cifar10 or imagefolder for a real test"}
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # Images per split of the data sets whose real size is known. A dataset that has all of
 # CIFAR-10's classes (so it claims to be CIFAR-10) must have exactly this many images; small
@@ -344,6 +350,11 @@ def scan_image_folder(directory, class_to_idx: dict[str, int], extensions) -> li
     if not samples:
         raise FileNotFoundError(f"found no valid image file in {directory} (extensions {', '.join(extensions)})")
     return samples
+
+
+def split_caveat(dataset_name: str) -> str | None:
+    """What a test score on ``dataset_name`` measures when that is not what its name suggests, or None."""
+    return SPLIT_CAVEATS.get(dataset_name)
 
 
 @functools.lru_cache(maxsize=None)

@@ -321,7 +321,10 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
             global_batch=global_batch, lr=lr, num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),
             missing_keys=list(load_result.missing_keys), num_params=sum(p.numel() for p in model.parameters()),
-            skipped_images=data_lib.skipped_images(train_set) + data_lib.skipped_images(test_set))
+            skipped_images=data_lib.skipped_images(train_set) + data_lib.skipped_images(test_set),
+            caveat=data_lib.split_caveat(cfg.dataset))
+        if summary["caveat"] and r.info.is_main:
+            log.info("note: %s", summary["caveat"])
         return r.finish(summary)
 
 
