@@ -399,3 +399,20 @@ def test_real_cifar10(monkeypatch):
     x, y = train[0]
     assert x.shape == (3, 32, 32) and y == 0
     assert test[len(test) - 1][1] == 9
+
+
+def test_a_dataset_owns_its_corrupt_image_ceiling(tmp_path):
+    """The training loop calls check_skipped(datasets) with no config: each dataset is checked against
+    the --max-corrupt-fraction it was built with (the scaffold read the config with getattr before)."""
+    from colormae.data.datasets import check_skipped
+    _make_tree(tmp_path, "train", per_class=3, corrupt="dog/bad.jpg")  # 1 corrupt of 10
+    lenient = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True,
+                            max_corrupt_fraction=0.1)
+    strict = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True)
+    sub = build_dataset("imagefolder", tmp_path, "train", eval_transform(32), skip_corrupt=True, length=9,
+                        max_corrupt_fraction=0.2)  # a subset keeps its base's ceiling
+    for ds in (lenient, strict, sub):
+        _collect(ds)
+    check_skipped([lenient, sub])
+    with pytest.raises(ValueError, match=r"1 of 10 images \(10.00%\).*more than the allowed 1.00%"):
+        check_skipped([lenient, strict])

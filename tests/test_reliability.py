@@ -205,9 +205,8 @@ def test_every_flag_an_engine_accepts_is_read_by_it(engine):
     if "train_loader(" in source.read_text():
         own |= _attributes_read(pkg / "data" / "loaders.py")
     bookkeeping = {f.name for f in dataclasses.fields(RunConfig)}
-    hands_data_to_run = "datasets=" in source.read_text()  # Run.end_epoch applies the corrupt-image ceiling
     unread = [f.name for f in dataclasses.fields(module.CONFIG)
-              if f.name not in own and not (f.name in shared and (f.name in bookkeeping or hands_data_to_run))]
+              if f.name not in own and not (f.name in shared and f.name in bookkeeping)]
     assert not unread, f"colormae {engine} accepts {unread} but never reads them"
 
 
@@ -563,3 +562,24 @@ def test_frozen_protocols_apply_the_corrupt_image_ceiling(micro_run, tmp_path):
         finetune.run(finetune.FinetuneConfig(**cfg, output_dir=str(tmp_path / "a")))
     s = finetune.run(finetune.FinetuneConfig(**cfg, max_corrupt_fraction=0.2, output_dir=str(tmp_path / "b")))
     assert s["num_train"] == 9
+
+
+def test_detection_skips_unreadable_coco_images_when_asked(micro_run, tmp_path):
+    """detect had no --skip-corrupt (classification and segmentation have it): a zero-byte image
+    stopped the run mid-epoch. Skipped images are named, counted in the summary and capped."""
+    from test_detect import TINY, write_coco
+    write_coco(tmp_path / "coco", "train2017", 4, seed=0)
+    write_coco(tmp_path / "coco", "val2017", 2, seed=1)
+    (tmp_path / "coco" / "train2017" / "1.png").write_bytes(b"")
+    cfg = dict(encoder=str(micro_run("green")), data="coco", data_root=str(tmp_path / "coco"), epochs=1,
+               device="cpu", **TINY)
+    with pytest.raises(data_lib.CorruptImageError, match="cannot read image .*train2017/1.png"):
+        detect.run(detect.DetectConfig(**cfg, output_dir=str(tmp_path / "a")))
+    with pytest.raises(ValueError, match=r"1 of 4 images \(25.00%\) are unreadable, more than the allowed 1.00% "
+                                         r".*train2017/1.png"):
+        detect.run(detect.DetectConfig(**cfg, skip_corrupt=True, output_dir=str(tmp_path / "b")))
+    s = detect.run(detect.DetectConfig(**cfg, skip_corrupt=True, max_corrupt_fraction=0.25,
+                                       output_dir=str(tmp_path / "c")))
+    assert s["num_train"] == 3 and s["skipped_annotations"]["train"]["unreadable_images"] == 1
+    with pytest.raises(ValueError, match="skip_corrupt applies to data='coco'"):
+        detect.validate(detect.DetectConfig(encoder="e", data="pennfudan", skip_corrupt=True))

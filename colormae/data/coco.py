@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .datasets import decode_image_file
+from .datasets import MAX_CORRUPT_FRACTION, decode_image_file, skip_unreadable
 
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
@@ -127,7 +127,8 @@ class CocoInstances(torch.utils.data.Dataset):
     ``boxes`` (xyxy float), ``labels`` (1..K, contiguous over the categories), ``masks`` (uint8
     [N, H, W]) and ``image_id``. ``cat_ids[label - 1]`` is the COCO category of a label."""
 
-    def __init__(self, root: str | os.PathLike, split: str, length: int | None = None, train: bool = True):
+    def __init__(self, root: str | os.PathLike, split: str, length: int | None = None, train: bool = True,
+                 skip_corrupt: bool = False, max_corrupt_fraction: float = MAX_CORRUPT_FRACTION):
         self.images_dir, ann_file = coco_paths(root, split)
         self.coco, self.skipped = load_coco(ann_file)
         self.cat_ids = sorted(self.coco.getCatIds())
@@ -138,6 +139,10 @@ class CocoInstances(torch.utils.data.Dataset):
             self.skipped["images_without_annotations"] = len(ids) - len(keep)
             ids = keep
         self.ids = evenly_spaced(ids, length)
+        if skip_corrupt:  # image files that do not open are left out (and counted) before training
+            self.ids, unreadable = skip_unreadable(
+                self.ids, lambda i: [self.images_dir / self.coco.imgs[i]["file_name"]], max_corrupt_fraction)
+            self.skipped["unreadable_images"] = len(unreadable)
 
     def coco_gt(self) -> COCO:
         return self.coco

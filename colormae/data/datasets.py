@@ -32,7 +32,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 # synthetic copies with fewer classes (tests) are not checked.
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 KNOWN_SIZES = {"cifar10": {"train": 50_000, "test": 10_000}}
+MAX_CORRUPT_FRACTION = 0.01  # default ceiling on images skipped as corrupt (--max-corrupt-fraction)
 SKIP_CORRUPT_HINT = ("to skip unreadable images and count them instead, pass --skip-corrupt "
                      "(build_dataset(..., skip_corrupt=True))")
 
@@ -443,13 +444,15 @@ def _find_split(root: Path, names: tuple[str, ...], suffix: str = "") -> Path | 
 
 def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
                   transform: Callable | None = None, *, labeled: bool = True, skip_corrupt: bool = False,
-                  length: int | None = None, img_size: int | None = None) -> Dataset:
+                  length: int | None = None, img_size: int | None = None,
+                  max_corrupt_fraction: float = MAX_CORRUPT_FRACTION) -> Dataset:
     """Build dataset ``name`` (one of ``DATASETS``) for ``split`` ("train", or "test"/"val").
 
     ``root``: ignored for embedded; cifar10 defaults to ``default_data_root()/cifar10``; required
     for imagefolder. ``length``: number of crops for embedded (default 2048 train / 512 test), an
     evenly spaced subset of the others. ``img_size``: side of the embedded crops before ``transform``
-    (default 224).
+    (default 224). ``max_corrupt_fraction``: the dataset's own ceiling on images skipped as corrupt
+    (with ``skip_corrupt``), applied by ``check_skipped``.
     Names, split and paths are checked before any image is read.
     """
     if name not in DATASETS:
@@ -466,6 +469,7 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
         key = "test" if held_out else "train"
         ds = EmbeddedPhotos(length or EMBEDDED_LENGTH[key], img_size or 224, transform,
                             seed=EMBEDDED_SEED[key], labeled=labeled)
+        ds.max_corrupt_fraction = max_corrupt_fraction
         log.info("embedded %s: %d crops of %d photos", key, len(ds), len(ds.classes))
         return ds
 
@@ -496,6 +500,7 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
             raise FileNotFoundError(f"no {' or '.join(dir_names)}/ folder in imagefolder root {root}")
         ds = CheckedImageFolder(folder, transform, labeled=labeled, skip_corrupt=skip_corrupt)
     log.info("%s %s: %d images, %d classes, from %s", name, split, len(ds), len(ds.classes), root)
+    ds.max_corrupt_fraction = max_corrupt_fraction  # the dataset owns its corrupt-image ceiling
 
     if length is not None and length < len(ds):
         # Evenly spaced, not the first `length`: folders are sorted by class, so this keeps all classes.
@@ -537,14 +542,46 @@ def skipped_images(dataset: Dataset) -> list[str]:
     return list(getattr(_unwrap(dataset), "skipped_names", []))
 
 
-def check_corrupt_fraction(dataset: Dataset, max_fraction: float = 0.01) -> None:
-    """Raise ValueError, listing the skipped files, when more than ``max_fraction`` of ``dataset``
-    was skipped as corrupt (``skip_corrupt=True``); a dataset that skips nothing passes.
+def skip_unreadable(items: list, paths: Callable[[Any], Sequence], max_fraction: float) -> tuple[list, list[str]]:
+    """``--skip-corrupt`` of datasets that index their files up front (segmentation, detection):
+    (the items whose files all open, headers read, the names of the others). The skipped are named
+    in one warning; more than ``max_fraction`` of ``items`` is a ValueError listing them."""
+    kept, skipped = [], []
+    for item in items:
+        try:
+            for path in paths(item):
+                with Image.open(path):
+                    pass
+            kept.append(item)
+        except Exception:  # noqa: BLE001 - zero-byte, truncated header, foreign file
+            skipped.append(str(paths(item)[0]))
+    if skipped:
+        log.warning("skipping %d unreadable image(s) (--skip-corrupt): %s", len(skipped), ", ".join(skipped[:10]))
+    if len(skipped) > max_fraction * len(items):
+        raise ValueError(f"{len(skipped)} of {len(items)} images ({len(skipped) / len(items):.2%}) are unreadable, "
+                         f"more than the allowed {max_fraction:.2%} (--max-corrupt-fraction): "
+                         + ", ".join(skipped[:20]))
+    return kept, skipped
+
+
+def check_skipped(datasets: Sequence[Dataset]) -> None:
+    """``check_corrupt_fraction`` for each dataset, against the ceiling it was built with: what a
+    training loop calls after each epoch (datasets built without ``skip_corrupt`` skip nothing)."""
+    for ds in datasets:
+        check_corrupt_fraction(ds)
+
+
+def check_corrupt_fraction(dataset: Dataset, max_fraction: float | None = None) -> None:
+    """Raise ValueError, listing the skipped files, when more than ``max_fraction`` (default: the
+    dataset's own ``max_corrupt_fraction``, set where it was built) of ``dataset`` was skipped as
+    corrupt (``skip_corrupt=True``); a dataset that skips nothing passes.
 
     The fraction is the number of distinct skipped files over ``len(dataset)`` (one epoch's
     samples). Meant to be called after each epoch, so a run over a badly damaged copy stops
     instead of training on whatever is left.
     """
+    if max_fraction is None:
+        max_fraction = getattr(_unwrap(dataset), "max_corrupt_fraction", MAX_CORRUPT_FRACTION)
     if not 0 <= max_fraction <= 1:
         raise ValueError(f"max_fraction={max_fraction} must be in [0, 1]")
     skipped = skipped_images(dataset)
@@ -562,4 +599,9 @@ def sample_images(name: str, root: str | os.PathLike | None, split: str, img_siz
     ``spacing``-th of an evenly spaced subset): a fixed, varied set for figures."""
     ds = build_dataset(name, root, split, eval_transform(img_size), labeled=False, img_size=img_size,
                        length=n * spacing)
-    return torch.stack([ds[i * spacing][0] for i in range(n)])
+    if len(ds) < n:
+        raise ValueError(f"n={n} images asked for, but the {split} split of {name} has {len(ds)}: ask for at "
+                         f"most {len(ds)}")
+    # a split smaller than n x spacing: n evenly spaced images of all it has
+    picks = range(0, n * spacing, spacing) if len(ds) >= n * spacing else np.linspace(0, len(ds) - 1, n).round()
+    return torch.stack([ds[int(i)][0] for i in picks])

@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from .datasets import IMG_EXTENSIONS, CorruptImageError, decode_image, default_data_root
+from .datasets import IMG_EXTENSIONS, CorruptImageError, decode_image, default_data_root, skip_unreadable
 
 log = logging.getLogger(__name__)
 
@@ -262,26 +262,9 @@ def _files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, Entry]:
 
 
 def _readable(items: list, max_fraction: float) -> list:
-    """``skip_corrupt``: the (name, image, mask) items whose image and mask files open (headers
-    read, as classification's --skip-corrupt counts unreadable files); the others are skipped with
-    a warning naming them, and more than ``max_fraction`` of them is an error listing them."""
-    kept, skipped = [], []
-    for item in items:
-        try:
-            for path in item[1:]:
-                with Image.open(path):
-                    pass
-            kept.append(item)
-        except Exception:  # noqa: BLE001 - zero-byte, truncated header, foreign file
-            skipped.append(str(item[1]))
-    if skipped:
-        log.warning("skipping %d unreadable image/mask pair(s) (--skip-corrupt): %s", len(skipped),
-                    ", ".join(skipped[:10]))
-    if len(skipped) > max_fraction * len(items):
-        raise ValueError(f"{len(skipped)} of {len(items)} images ({len(skipped) / len(items):.2%}) are unreadable, "
-                         f"more than the allowed {max_fraction:.2%} (--max-corrupt-fraction): "
-                         + ", ".join(skipped[:20]))
-    return kept
+    """``skip_corrupt``: the (name, image, mask) items whose image and mask files open (as
+    classification's --skip-corrupt counts unreadable files); ``datasets.skip_unreadable``."""
+    return skip_unreadable(items, lambda item: item[1:], max_fraction)[0]
 
 
 def build_segmentation(data: str, root: str | os.PathLike | None, split: str, num_classes: int | None = None,

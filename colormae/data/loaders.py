@@ -35,13 +35,14 @@ def train_loader(cfg, info: DistInfo, device: torch.device, batch_size: int, *, 
         if info.world_size > 1 and not info.is_main:
             dist.barrier()  # rank 0 decodes and caches first, the others then read the cache
         data = decode_to_memory(cfg.dataset, cfg.data_root, "train", img_size=img_size, length=length,
-                                skip_corrupt=cfg.skip_corrupt)
+                                skip_corrupt=cfg.skip_corrupt, max_corrupt_fraction=cfg.max_corrupt_fraction)
         if info.world_size > 1 and info.is_main:
             dist.barrier()
         sampler = GlobalBatchSampler(len(data), batch_size * info.world_size, info, cfg.seed)
         return sampler, BatchedLoader(data, sampler, batch_augment, device), data, pipeline
     data = data_lib.build_dataset(cfg.dataset, cfg.data_root, "train", files_transform if pipeline == "files" else None,
-                                  labeled=labeled, skip_corrupt=cfg.skip_corrupt, length=length, img_size=img_size)
+                                  labeled=labeled, skip_corrupt=cfg.skip_corrupt, length=length, img_size=img_size,
+                                  max_corrupt_fraction=cfg.max_corrupt_fraction)
     sampler = GlobalBatchSampler(len(data), batch_size * info.world_size, info, cfg.seed)
     if pipeline == "gpu-decode":
         return sampler, GpuDecodeLoader(data, sampler, batch_augment, device, cfg.num_workers), data, pipeline

@@ -73,6 +73,7 @@ class InMemoryImages:
     name: str = ""
     split: str = ""
     skipped_names: list[str] = field(default_factory=list)  # corrupt files replaced (skip_corrupt)
+    max_corrupt_fraction: float = data_lib.MAX_CORRUPT_FRACTION  # its ceiling (data_lib.check_skipped)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -154,7 +155,8 @@ def _load_cache(path: Path, stamp: str, n: int) -> InMemoryImages | None:
 
 def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
                      cache_dir: str | os.PathLike | None = None, img_size: int | None = None,
-                     length: int | None = None, skip_corrupt: bool = False) -> InMemoryImages:
+                     length: int | None = None, skip_corrupt: bool = False,
+                     max_corrupt_fraction: float = data_lib.MAX_CORRUPT_FRACTION) -> InMemoryImages:
     """Decode ``build_dataset(name, root, split, None, length=, img_size=)`` once into memory.
 
     Cached in ``cache_dir`` (default ``default_cache_dir()``) as a ``.pt`` keyed by the source files'
@@ -175,6 +177,7 @@ def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
     cached = _load_cache(path, stamp, n)
     if cached is not None:
         log.info("%s %s: %d decoded images from %s", name, split, n, path)
+        cached.max_corrupt_fraction = max_corrupt_fraction
         return cached
 
     first, _ = ds[0]
@@ -200,7 +203,7 @@ def decode_to_memory(name: str, root: str | os.PathLike | None, split: str, *,
         log.info("%s %s: %d images decoded, cached in %s (%.0f MB)", name, split, n, path, images.numel() / 1e6)
     except OSError as err:  # a read-only home must not stop training
         log.warning("could not write decoded-image cache %s (%s); continuing without it", path, err)
-    return InMemoryImages(images, labels, classes, name, split, skipped)
+    return InMemoryImages(images, labels, classes, name, split, skipped, max_corrupt_fraction)
 
 
 # ----------------------------------------------------------------------------------- which path

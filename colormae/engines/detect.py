@@ -33,7 +33,7 @@ from ..data.samplers import GlobalBatchSampler, SeededSamples
 from ..files import load_checkpoint, project_path
 from ..models.vitdet import backbone_from_export, build_maskrcnn
 from ..run.artifacts import load_encoder
-from ..run.config import CLASSIFICATION_DATA_FIELDS, RunConfig, check_choice, check_positive, knob
+from ..run.config import RunConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST, RunDir
 from ..run.scaffold import start_run
 from ..runtime import Timer, autocast, grad_scaler, seed_step, wrap_ddp
@@ -46,9 +46,9 @@ MEAN_PIXEL = (124, 116, 104)  # crops are padded with the mean colour: 0 after n
 
 @dataclass
 class DetectConfig(RunConfig):
-    # the classification data fields (--dataset, --pipeline, --skip-corrupt, ...) are not this engine's;
-    # configs saved before they were split off still resume (their values are simply not compared)
-    RETIRED_FIELDS: ClassVar[tuple[str, ...]] = CLASSIFICATION_DATA_FIELDS
+    # the classification data fields --dataset and --pipeline are not this engine's; configs saved
+    # before they were split off still resume (their values are simply not compared)
+    RETIRED_FIELDS: ClassVar[tuple[str, ...]] = ("dataset", "pipeline")
     encoder: str | None = knob(None, "pretraining run dir, encoder.pth, or checkpoint-*.pth", group="model",
                                input="pretrain")
     data: str = knob("coco", "detection data: coco (<data-root>/{split}/, annotations/instances_{split}.json) or "
@@ -57,6 +57,10 @@ class DetectConfig(RunConfig):
     train_split: str = knob("train2017", "coco: training split", group="data")
     test_split: str = knob("val2017", "coco: evaluation split", group="data")
     train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
+    skip_corrupt: bool = knob(False, "coco: skip (and name) image files that cannot be opened instead of "
+                              "stopping", group="data", experiment=False)
+    max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
+                                       "images is unreadable", group="data", experiment=False)
     test_length: int | None = knob(None, "an evenly spaced subset of the test images", group="data")
     img_size: int = knob(1024, "input square (ViTDet 1024; the paper's Table 1: 768)", group="data")
     jitter_min: float = knob(0.1, "large-scale jitter: smallest scale", group="data")
@@ -85,6 +89,9 @@ def validate(cfg: DetectConfig) -> None:
         raise ValueError("encoder is required: a pretraining run directory, encoder.pth or checkpoint")
     check_choice("data", cfg.data, DATA)
     check_positive(cfg, "train_length", "test_length", "img_size", "patch_size", "fpn_channels", "roi_batch",
+    if cfg.skip_corrupt and cfg.data == "pennfudan":
+        raise ValueError("skip_corrupt applies to data='coco': Penn-Fudan is a fixed set read whole (an unreadable "
+                         "file there is a broken copy: copy it again)")
                    "test_proposals", "epochs", "batch_size", "blr")
     check_positive(cfg, "window_size", "weight_decay", "warmup_steps",
                    allow_zero=("window_size", "weight_decay", "warmup_steps"))
@@ -126,7 +133,8 @@ def build_data(cfg: DetectConfig, split: str):
         return PennFudanInstances(None if cfg.data_root is None else project_path(cfg.data_root), split, length)
     if cfg.data_root is None:
         raise ValueError("data=coco needs --data-root (the folder with train2017/, val2017/, annotations/)")
-    return CocoInstances(project_path(cfg.data_root), cfg.train_split if train else cfg.test_split, length, train)
+    return CocoInstances(project_path(cfg.data_root), cfg.train_split if train else cfg.test_split, length, train,
+                         skip_corrupt=cfg.skip_corrupt, max_corrupt_fraction=cfg.max_corrupt_fraction)
 
 
 class Jittered(torch.utils.data.Dataset):

@@ -222,7 +222,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
         img_size = check_compatible(export, cfg.dataset, cfg.img_size)
         test_set = data_lib.build_dataset(cfg.dataset, cfg.data_root, "test", data_lib.eval_transform(img_size),
                                           labeled=True, skip_corrupt=cfg.skip_corrupt, length=cfg.test_length,
-                                          img_size=img_size)
+                                          img_size=img_size, max_corrupt_fraction=cfg.max_corrupt_fraction)
         # finetune's RandAugment and erasing run per image; the linear probe's crop + flip also batched
         batch_augment = (TrainAugment(img_size, scale=(crop_scale_min(img_size, cfg), 1.0))
                          if cfg.protocol == "linprobe" else None)

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from timm.scheduler import CosineLRScheduler
 
 from ..data import datasets as data_lib
-from ..files import OutputError, load_checkpoint
+from ..files import OutputError, load_checkpoint, repo_relative
 from ..runtime import (
     Timer,
     environment_info,
@@ -267,9 +267,7 @@ class Run:
             if self.info.is_main:
                 self.metrics.write({"step": step, "epoch": epoch_done, "epoch_loss": self.last_epoch_loss})
         self.epoch_loss_sum, self.epoch_loss_count = 0.0, 0
-        for ds in datasets:
-            if getattr(self.cfg, "skip_corrupt", False):
-                data_lib.check_corrupt_fraction(ds, getattr(self.cfg, "max_corrupt_fraction", 0.01))
+        data_lib.check_skipped(datasets)  # each dataset against its own corrupt-image ceiling
         self.save(state_fn)
         if self.cfg.save_every > 0 and epoch_done % self.cfg.save_every == 0:
             self.save(state_fn, f"checkpoint-{epoch_done:04d}.pth")
@@ -294,10 +292,10 @@ class Run:
         if self.info.is_main:
             path = self.dir.write_summary(summary)
             state = "finished" if summary["finished"] else f"stopped at step {summary['steps']} (resumable)"
-            loss = summary.get("final_loss")
-            log.info("%s %s: final loss (last-epoch mean) %s, %.0f img/s, %.0f s; summary %s", self.engine, state,
-                     f"{loss:.4f}" if loss is not None else "n/a (no full epoch)", summary["images_per_s"],
-                     summary["wall_time_s"], path)
+            loss = summary.get("final_loss")  # None before the first full epoch: left out, not "n/a"
+            log.info("%s %s: %s%.0f img/s, %.0f s; summary %s", self.engine, state,
+                     f"final loss (last-epoch mean) {loss:.4f}, " if loss is not None else "",
+                     summary["images_per_s"], summary["wall_time_s"], repo_relative(path))
         if self._signal is not None and not summary["finished"]:
             raise RunInterrupted(f"{signal.Signals(self._signal).name}: stopped at step {summary['steps']} with a "
                                  f"checkpoint in {self.dir.last_checkpoint}; continue with --resume auto")
