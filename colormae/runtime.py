@@ -100,11 +100,27 @@ def cpu_has_native_bf16() -> bool:
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
 
 
-def resolve_amp(amp: str, device: torch.device) -> str:
-    """"auto" -> bf16 on CUDA and on CPUs with native bf16, else "none" (fp32); others unchanged."""
+# "auto" on a CPU with native bf16: bf16 only from this encoder width x tokens per image (the tokens
+# the encoder processes: the kept ones when pretraining). Below it bf16 was measured slower than fp32
+# (fwd + bwd + AdamW, 75 % masked, Intel Xeon with AMX, same process, 8 steps each): bf16/fp32 speed
+# mini_patch4_32 (128 x 16 = 2,048) 0.74, nano_patch2_32 (96 x 64 = 6,144) 0.95, tiny_patch4_64
+# (192 x 64 = 12,288) 1.29. The threshold lies between the last two (docs/runs.md, "Precision").
+CPU_BF16_MIN_WIDTH_TOKENS = 8192
+
+
+def resolve_amp(amp: str, device: torch.device, width_tokens: int | None = None) -> str:
+    """The precision ``amp`` computes in: "bf16", "fp16" or "none" (fp32); explicit values unchanged.
+
+    "auto": bf16 on CUDA; on a CPU, bf16 only with native bf16 (``cpu_has_native_bf16``) and an encoder
+    of ``width_tokens`` (embedding width x tokens per image) >= ``CPU_BF16_MIN_WIDTH_TOKENS``, where
+    bf16 is measured faster; fp32 otherwise, and when the size is not given. A run resolves once and
+    records the result (``colormae.run.scaffold.Run.precision``): "auto" never changes a recorded run."""
     if amp != "auto":
         return amp
-    return "bf16" if device.type == "cuda" or cpu_has_native_bf16() else "none"
+    if device.type == "cuda":
+        return "bf16"
+    fast = cpu_has_native_bf16() and width_tokens is not None and width_tokens >= CPU_BF16_MIN_WIDTH_TOKENS
+    return "bf16" if fast else "none"
 
 
 def autocast(amp: str, device: torch.device):

@@ -31,6 +31,7 @@ from ..data.coco import CocoInstances, coco_evaluate, evenly_spaced, instances_t
 from ..data.dense import instance_targets, load_pennfudan
 from ..data.samplers import GlobalBatchSampler, SeededSamples
 from ..files import load_checkpoint, project_path
+from ..models.backbone import encoder_width_tokens
 from ..models.vitdet import backbone_from_export, build_maskrcnn
 from ..run.artifacts import load_encoder
 from ..run.config import RunConfig, check_choice, check_positive, knob
@@ -277,7 +278,8 @@ def run(cfg: DetectConfig) -> dict:
         scheduler = MultiStepLRScheduler(optimizer, [round(f * total_steps) for f in DECAY_AT], 0.1,
                                          warmup_t=min(cfg.warmup_steps, total_steps - 1), warmup_lr_init=lr * 1e-3,
                                          warmup_prefix=False, t_in_epochs=False)
-        scaler = grad_scaler(cfg.amp, device)
+        amp = r.precision(encoder_width_tokens(model))  # resolved once (and recorded)
+        scaler = grad_scaler(amp, device)
         step, epoch, batch_in_epoch, ckpt = r.restore((), model, optimizer, scaler)
         scheduler.step_update(num_updates=step)
         ddp_model = wrap_ddp(model, info, device)
@@ -294,7 +296,7 @@ def run(cfg: DetectConfig) -> dict:
             for images, targets in loader:
                 images, targets = _to_device(images, targets, device)
                 seed_step(cfg.seed, step, info.rank)  # drop path, proposal sampling
-                with autocast(cfg.amp, device):
+                with autocast(amp, device):
                     losses = ddp_model(images, targets)
                 loss = sum(losses.values())
                 r.optimizer_step(loss, epoch, step, optimizer, scaler)
@@ -316,7 +318,7 @@ def run(cfg: DetectConfig) -> dict:
         finished = epoch >= cfg.epochs
         ap, eval_timer = {}, Timer()
         if info.is_main and finished:
-            ap = evaluate(model, test_set, device, cfg.amp, cfg.batch_size)
+            ap = evaluate(model, test_set, device, amp, cfg.batch_size)
             r.metrics.write({"step": step, "epoch": epoch, **ap})
             log.info("box AP %.4f (AP50 %.4f), mask AP %.4f (AP50 %.4f)", ap["ap_box"], ap["ap50_box"],
                      ap["ap_mask"], ap["ap50_mask"])

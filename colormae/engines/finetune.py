@@ -41,6 +41,7 @@ from torchvision.transforms import InterpolationMode
 from ..data import datasets as data_lib
 from ..data.loaders import train_loader
 from ..data.memory import TrainAugment
+from ..models.backbone import encoder_width_tokens, export_width_tokens
 from ..models.mae import timm_vit_from_export
 from ..run.artifacts import load_encoder
 from ..run.config import EngineConfig, check_choice, check_positive, knob
@@ -256,7 +257,8 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             optimizer = lars_optimizer(model.head, lr, cfg.weight_decay)
             criterion = nn.CrossEntropyLoss()
         scheduler = cosine_schedule(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
-        scaler = grad_scaler(cfg.amp, device)
+        amp = r.precision(encoder_width_tokens(model))  # resolved once (and recorded)
+        scaler = grad_scaler(amp, device)
 
         step, epoch, batch_in_epoch, ckpt = r.restore(("evals", "num_classes"), model, optimizer, scaler)
         evals = []
@@ -275,7 +277,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
                                     timm_kwargs=export["timm_kwargs"])
 
         def run_eval() -> dict:
-            return evaluate(model, test_set, batch_size=cfg.batch_size, device=device, amp=cfg.amp, info=info,
+            return evaluate(model, test_set, batch_size=cfg.batch_size, device=device, amp=amp, info=info,
                             num_workers=cfg.num_workers)
 
         stop = False
@@ -287,7 +289,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
                 seed_step(cfg.seed, step, info.rank)
                 if mixup is not None:
                     imgs, targets = mixup(imgs, targets)
-                with autocast(cfg.amp, device):
+                with autocast(amp, device):
                     loss = criterion(ddp_model(imgs), targets)
                 r.optimizer_step(loss, epoch, step, optimizer, scaler)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
@@ -343,13 +345,14 @@ def frozen(cfg: FinetuneConfig) -> dict:
         if r.info.is_main:
             timer = Timer()
             export = load_encoder(cfg.encoder)
+            amp = r.precision(export_width_tokens(export, cfg.img_size))  # resolved once (and recorded)
             result = evaluate_frozen(
                 export, cfg.dataset, cfg.data_root, train_length=cfg.train_length, test_length=cfg.test_length,
                 device=r.device, knn_k=cfg.knn_k, knn_temperature=cfg.knn_temperature,
                 linprobe_epochs=cfg.epochs if cfg.protocol == "linprobe-cached" else 0, linprobe_blr=cfg.blr,
                 linprobe_optimizer=cfg.linprobe_optimizer, linprobe_batch_size=cfg.batch_size,
                 linprobe_warmup_epochs=cfg.warmup_epochs, pool=cfg.pool, num_workers=cfg.num_workers,
-                amp=cfg.amp, num_classes=cfg.num_classes, img_size=cfg.img_size, skip_corrupt=cfg.skip_corrupt,
+                amp=amp, num_classes=cfg.num_classes, img_size=cfg.img_size, skip_corrupt=cfg.skip_corrupt,
                 seed=cfg.seed, pipeline=cfg.pipeline, max_corrupt_fraction=cfg.max_corrupt_fraction)
             key = "knn" if cfg.protocol == "knn" else "linprobe"
             r.dir.write_config(cfg)

@@ -23,11 +23,12 @@ from timm.optim import Lars
 
 from ..data import datasets as data_lib
 from ..data.memory import BatchedLoader, EvalResize, InMemoryImages, choose_pipeline, decode_to_memory
+from ..models.backbone import export_width_tokens
 from ..models.mae import timm_vit_from_export
 from ..run.artifacts import load_encoder
 from ..run.config import AMP_MODES
 from ..run.scaffold import cosine_schedule
-from ..runtime import Timer, autocast, progress
+from ..runtime import Timer, autocast, progress, resolve_amp
 
 log = logging.getLogger(__name__)
 POOLS = ("cls", "avg")
@@ -260,6 +261,9 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
     if dataset_name not in data_lib.DATASETS:
         raise ValueError(f"unknown dataset name={dataset_name!r}; expected one of {data_lib.DATASETS}")
     export = run_or_encoder if isinstance(run_or_encoder, dict) else load_encoder(run_or_encoder)
+    if amp not in AMP_MODES:
+        raise ValueError(f"amp={amp!r}; allowed values: {', '.join(AMP_MODES)}")
+    amp = resolve_amp(amp, torch.device(device), export_width_tokens(export, img_size))  # "auto": by encoder size
     if choose_pipeline(dataset_name, pipeline, root=data_root) == "memory":
         size = check_compatible(export, dataset_name, img_size)
         train_set, test_set = (decode_to_memory(dataset_name, data_root, split, img_size=size, length=n,
@@ -285,7 +289,7 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
                           optimizer=linprobe_optimizer, seed=seed, device=device)
         result.update(linprobe_top1=lp["top1"], linprobe_top5=lp["top5"], linprobe=lp)
     result.update(num_train=len(xtr), num_test=len(xte), feature_dim=xtr.shape[1], num_classes=n_cls, pool=pool,
-                  knn_k=knn["k"], dataset=dataset_name, caveat=data_lib.split_caveat(dataset_name),
+                  amp=amp, knn_k=knn["k"], dataset=dataset_name, caveat=data_lib.split_caveat(dataset_name),
                   extract_time_s=extract_s, wall_time_s=timer.elapsed)
     log.info("frozen %s (%s pool): kNN top-1 %.4f, linear probe top-1 %s", dataset_name, pool, result["knn_top1"],
              result["linprobe_top1"])

@@ -25,6 +25,7 @@ from ..files import project_path, save_torch
 from ..masks.maskers import COLORS, KINDS, SOURCES, Masker, make_masker
 from ..masks.noise import color_params
 from ..masks.schedule import masker_for_epoch, parse_mask_params, parse_mask_schedule
+from ..models.backbone import encoder_width_tokens
 from ..models.mae import PRESETS, MaskedAutoencoder, export_encoder, get_config
 from ..run.config import EngineConfig, check_choice, check_positive, knob
 from ..run.pretrained import init_from_pretrained
@@ -159,7 +160,9 @@ def run(cfg: PretrainConfig) -> dict:
         lr = cfg.blr * eff_batch / 256
         optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
         scheduler = cosine_schedule(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
-        scaler = grad_scaler(cfg.amp, device)
+        # the precision, resolved once for the encoder's kept tokens (and recorded)
+        amp = r.precision(encoder_width_tokens(model, maskers[0][1].n_keep))
+        scaler = grad_scaler(amp, device)
         # the same mask seed on every rank: each rank draws the global batch's masks and takes its slice
         mask_gen = torch.Generator().manual_seed(cfg.seed + 1)
 
@@ -183,7 +186,7 @@ def run(cfg: PretrainConfig) -> dict:
                 boundary = (batch_in_epoch + 1) % cfg.accum_iter == 0
                 # DDP decides in forward whether backward all-reduces: skip it on accumulation micro-steps
                 no_sync = ddp_model.no_sync() if (ddp_model is not model and not boundary) else contextlib.nullcontext()
-                with no_sync, autocast(cfg.amp, device):
+                with no_sync, autocast(amp, device):
                     loss, _, _ = ddp_model(imgs, (mask[sl], ids_keep[sl], ids_restore[sl]))
                 r.check_loss(loss, epoch, step)
                 scaler.scale(loss / cfg.accum_iter).backward()

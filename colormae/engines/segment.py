@@ -44,7 +44,7 @@ from ..data.dense import (
 )
 from ..data.samplers import GlobalBatchSampler, SeededSamples
 from ..files import load_checkpoint, project_path, read_json
-from ..models.backbone import transfer_export
+from ..models.backbone import encoder_width_tokens, transfer_export
 from ..models.upernet import UperNetViT, confusion_matrix, iou_from_confusion, predict_slide, predict_whole
 from ..run.artifacts import load_encoder
 from ..run.config import RunConfig, check_choice, check_positive, knob
@@ -240,7 +240,8 @@ def run(cfg: SegmentConfig) -> dict:
         # and heads at full lr) as each group's lr_scale; no weight decay on norms, biases, positions, [CLS]
         optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
                                         layer_decay=cfg.layer_decay, betas=BETAS)
-        scaler = grad_scaler(cfg.amp, device)
+        amp = r.precision(encoder_width_tokens(model))  # resolved once (and recorded)
+        scaler = grad_scaler(amp, device)
         step, epoch, batch_in_epoch, ckpt = r.restore(("evals",), model, optimizer, scaler)
         evals = ckpt["evals"] if ckpt is not None else []
         ddp_model = wrap_ddp(model, info, device)
@@ -253,7 +254,7 @@ def run(cfg: SegmentConfig) -> dict:
 
         def run_eval() -> dict:
             ev = evaluate(model, test_set, test_scale=cfg.test_scale, crop=cfg.crop_size, stride=cfg.slide_stride,
-                          device=device, amp=cfg.amp, info=info)
+                          device=device, amp=amp, info=info)
             log.info("step %d: mIoU %.4f, per class %s", step, ev["miou"], [round(x, 4) for x in ev["iou"]])
             if info.is_main:
                 r.metrics.write({"step": step, "test_miou": ev["miou"], "test_acc": ev["acc"]})
@@ -268,7 +269,7 @@ def run(cfg: SegmentConfig) -> dict:
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * lr_factor(step, cfg)
                 seed_step(cfg.seed, step, info.rank)
-                with autocast(cfg.amp, device):
+                with autocast(amp, device):
                     out, aux = ddp_model(imgs)
                     if (labels != IGNORE_INDEX).any():
                         loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)

@@ -37,9 +37,19 @@ from ..masks.schedule import band_centre, parse_mask_params
 from ..masks.stats import mask_statistics
 from ..models.mae import CONTROL, get_config, untrained_encoder
 from ..run.config import check_common, differences
-from ..run.rundir import CONFIG, ENCODER, LAST, RunDir, check_same_experiment, config_record
+from ..run.rundir import (
+    CONFIG,
+    ENCODER,
+    LAST,
+    PRECISIONS,
+    SUMMARY,
+    RunDir,
+    check_same_experiment,
+    config_record,
+    recorded_precision,
+)
 from ..run.scaffold import cli_main
-from ..runtime import Timer
+from ..runtime import Timer, resolve_amp
 from . import dense
 
 log = logging.getLogger(__name__)
@@ -166,16 +176,18 @@ def _device(device: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
-def _evaluate(spec: GridSpec, encoder, cfg: PretrainConfig, seed: int, device: str) -> tuple[dict, float]:
+def _evaluate(spec: GridSpec, encoder, cfg: PretrainConfig, seed: int, device: str,
+              amp: str) -> tuple[dict, float]:
     timer = Timer()
     ev = evaluate_frozen(encoder, cfg.dataset, cfg.data_root, device=_device(device), seed=seed,
-                         **spec.evaluate)
+                         **{**spec.evaluate, "amp": amp})
     return ev, timer.elapsed
 
 
-def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, device: str) -> dict:
+def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, device: str, amp: str) -> dict:
     """End-to-end fine-tuning of the run's encoder (GPU scale: the paper's Table 1 metric)."""
-    ft = finetune.FinetuneConfig(**{**spec.finetune, "encoder": repo_relative(encoder), "protocol": "finetune",
+    ft = finetune.FinetuneConfig(**{**spec.finetune, "amp": amp, "encoder": repo_relative(encoder),
+                                    "protocol": "finetune",
                                     "dataset": cfg.dataset, "data_root": cfg.data_root, "seed": seed,
                                     "device": device, "resume": "auto",
                                     "output_dir": repo_relative(encoder.parent / "finetune")})
@@ -185,13 +197,15 @@ def _finetune(spec: GridSpec, encoder: Path, cfg: PretrainConfig, seed: int, dev
 def _check_evaluated_run(rec: dict, eval_path: Path, run_dir: Path, cfg: PretrainConfig, mask: str) -> None:
     """An evaluation is reused only for the pretraining it records (eval.json's ``pretrain_config``;
     older records: the run's config.json and ``pretrain_epochs``), whatever grid.json says or
-    whether it still exists; epochs must match too (a longer grid is another experiment)."""
+    whether it still exists; epochs must match too (a longer grid is another experiment). A saved
+    "auto" matches the precision the run recorded (the control trained nothing: the grid's)."""
     saved = rec.get("pretrain_config") or RunDir(run_dir).read_config()
     if saved is None:
         raise ValueError(f"{eval_path} does not record the pretraining it evaluated (no pretrain_config in it, no "
                          f"{run_dir / CONFIG}): it cannot be matched to this grid's settings. Choose another --out, "
                          "or restore config.json")
-    check_same_experiment(saved, cfg, eval_path, growable=())
+    recorded = cfg.amp if mask == CONTROL else recorded_precision(RunDir(run_dir))
+    check_same_experiment(saved, cfg, eval_path, growable=(), recorded_amp=recorded)
     done = rec.get("pretrain_epochs")
     if mask != CONTROL and done is not None and not math.isclose(float(done), float(cfg.epochs)):
         raise ValueError(f"{eval_path} evaluated {done:g} pretraining epochs; this grid asks for {cfg.epochs}. "
@@ -207,7 +221,9 @@ def _rebuild_weights(cfg: PretrainConfig, run_dir: Path, rec: dict) -> None:
     which Fig. 4 reads, are never touched); when the final loss reproduces the record, the weights
     (encoder.pth, checkpoint-last.pth) are copied into the run directory for its consumers."""
     rebuild = run_dir / REBUILD
-    summary = pretrain.run(replace(cfg, output_dir=repo_relative(rebuild)))
+    # the precision the run recorded, whatever "auto" would choose on this machine: a rebuild reproduces it
+    amp = recorded_precision(RunDir(run_dir)) or cfg.amp
+    summary = pretrain.run(replace(cfg, output_dir=repo_relative(rebuild), amp=amp))
     loss, recorded = summary.get("final_loss"), rec.get("final_loss")
     same = loss is not None and recorded is not None and math.isclose(loss, recorded, rel_tol=1e-5)
     if not summary.get("finished") or not same:
@@ -223,14 +239,18 @@ def _rebuild_weights(cfg: PretrainConfig, run_dir: Path, rec: dict) -> None:
              loss)
 
 
-def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_weights: bool = False) -> dict:
+def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_weights: bool = False,
+            precision: dict | None = None) -> dict:
     """Pretrain (resuming if interrupted; a finished run with the same config is reused) and evaluate
     one run; the evaluation is reused when eval.json was made with the same settings. The control
     (``none``) evaluates the untrained encoder of ``seed``: the init its pretraining would start from.
     ``rebuild_weights``: an evaluated run whose weights are gone (git-ignored: a fresh clone) is
-    pretrained again, the same experiment, beside its record (``_rebuild_weights``)."""
+    pretrained again, the same experiment, beside its record (``_rebuild_weights``). ``precision``:
+    the grid's (``grid_precision``), computed here when not given."""
+    precision = precision or grid_precision(spec, device)
     run_dir = project_path(spec.out) / "runs" / f"{mask}_seed{seed}"
-    cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device)
+    cfg = spec.pretrain_config(mask, seed, output_dir=repo_relative(run_dir), resume="auto", device=device,
+                               amp=precision["pretrain"])
     eval_path = run_dir / "eval.json"
     if eval_path.exists():  # evaluated: the pretraining config must still match (weights may be gone)
         rec = read_json(eval_path)
@@ -241,7 +261,7 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_
         return rec
     if mask == CONTROL:
         if (run_dir / CONFIG).exists():
-            check_same_experiment(read_json(run_dir / CONFIG), cfg, run_dir)
+            check_same_experiment(read_json(run_dir / CONFIG), cfg, run_dir, recorded_amp=cfg.amp)
         overrides = {} if cfg.norm_pix_loss is None else {"norm_pix_loss": cfg.norm_pix_loss}
         encoder = save_torch(untrained_encoder(cfg.preset, seed, **overrides), run_dir / ENCODER)
         write_json(config_record(cfg), run_dir / CONFIG)
@@ -249,8 +269,8 @@ def run_one(spec: GridSpec, mask: str, seed: int, device: str = "auto", rebuild_
     else:
         summary = pretrain.run(cfg)
         encoder = run_dir / ENCODER
-    ev, eval_s = _evaluate(spec, encoder, cfg, seed, device)
-    ft = _finetune(spec, encoder, cfg, seed, device) if spec.finetune else {}
+    ev, eval_s = _evaluate(spec, encoder, cfg, seed, device, precision["evaluate"])
+    ft = _finetune(spec, encoder, cfg, seed, device, precision["finetune"]) if spec.finetune else {}
     row = {"mask": mask, "seed": seed, "pretrain_epochs": summary["epochs_done"], "final_loss": summary["final_loss"],
            "knn_top1": ev["knn_top1"], "knn_top5": ev["knn_top5"], "linprobe_top1": ev["linprobe_top1"],
            "linprobe_top5": ev["linprobe_top5"], "finetune_top1": ft.get("top1"), "preset": cfg.preset,
@@ -316,19 +336,82 @@ def write_band_table(spec: GridSpec, default_green: GridSpec | None = None) -> P
     return write_csv(rows, BAND_COLUMNS, project_path(spec.out) / "table.csv")
 
 
-def record_grid(spec: GridSpec, write: bool = True) -> None:
-    """grid.json: the grid's settings (repository-relative paths). Unchanged settings leave the file
+def _recorded_precisions(out: Path) -> dict[str, set[str]]:
+    """The precisions the runs in grid folder ``out`` recorded, per part: pretraining (summary.json),
+    evaluation (eval.json; records older than that field: the pretraining's, which the rule of the time
+    resolved from the device alone, as it did the evaluation beside it) and fine-tuning."""
+    found: dict[str, set[str]] = {"pretrain": set(), "evaluate": set(), "finetune": set()}
+    for run in sorted((out / "runs").glob("*")):
+        summary = read_json(run / SUMMARY) if (run / SUMMARY).is_file() else {}
+        pretrained = summary.get("amp") if summary.get("amp") in PRECISIONS else None
+        evaluation = read_json(run / "eval.json").get("evaluation", {}) if (run / "eval.json").is_file() else None
+        finetuned = recorded_precision(RunDir(run / "finetune"))
+        for part, amp in (("pretrain", pretrained), ("finetune", finetuned),
+                          ("evaluate", None if evaluation is None else evaluation.get("amp", pretrained))):
+            if amp in PRECISIONS:
+                found[part].add(amp)
+    return found
+
+
+def grid_precision(spec: GridSpec, device: str = "auto") -> dict[str, str | None]:
+    """The precision each part of the grid computes in ("pretrain", "evaluate", "finetune"), resolved
+    once per grid folder so that "auto" never changes it: an explicit ``amp`` as given; "auto" as
+    grid.json records it (``precision``), else as the folder's runs recorded it, else
+    ``runtime.resolve_amp`` for the preset on this device (pretraining: the kept tokens; evaluation and
+    fine-tuning: all patches). ValueError when the runs recorded several precisions for one part."""
+    out = project_path(spec.out)
+    grid_file = out / "grid.json"
+    saved = (read_json(grid_file).get("precision") or {}) if grid_file.is_file() else {}
+    runs = _recorded_precisions(out)
+    mcfg = get_config(spec.pretrain["preset"])
+    tokens = mcfg.grid ** 2
+    kept = int(tokens * (1 - spec.pretrain.get("mask_ratio", PretrainConfig.mask_ratio)))
+    width_tokens = {"pretrain": mcfg.embed_dim * kept, "evaluate": mcfg.embed_dim * tokens,
+                    "finetune": mcfg.embed_dim * tokens}
+    settings = {"pretrain": spec.pretrain, "evaluate": spec.evaluate, "finetune": spec.finetune}
+    precision: dict[str, str | None] = {}
+    for part, given in settings.items():
+        amp = None if given is None else given.get("amp", "auto")
+        if amp == "auto" and saved.get(part) in PRECISIONS:
+            amp = saved[part]
+        elif amp == "auto" and len(runs[part]) > 1:
+            raise ValueError(f"{out} holds runs whose {part} precision differs ({', '.join(sorted(runs[part]))}): "
+                             "'auto' cannot choose one; choose another --out")
+        elif amp == "auto" and runs[part]:
+            amp = next(iter(runs[part]))
+        elif amp == "auto":
+            amp = resolve_amp(amp, torch.device(_device(device)), width_tokens[part])
+        precision[part] = amp
+    return precision
+
+
+def _auto_precision(spec: GridSpec, precision: dict | None) -> dict | None:
+    """The part of ``precision`` grid.json records: the parts whose ``amp`` is "auto" (None: none is)."""
+    settings = {"pretrain": spec.pretrain, "evaluate": spec.evaluate, "finetune": spec.finetune}
+    auto = {part: precision[part] for part, given in settings.items()
+            if precision and given is not None and given.get("amp", "auto") == "auto"}
+    return auto or None
+
+
+def record_grid(spec: GridSpec, write: bool = True, precision: dict | None = None) -> None:
+    """grid.json: the grid's settings (repository-relative paths) and, where they say "auto", the
+    precision it resolved to (``grid_precision``; once recorded, kept). Unchanged settings leave the file
     untouched; other pretraining or evaluation settings in the same folder are an error. Processes
     that start one grid's masks at once (one GPU, several processes) merge their entries in turn.
     ``write=False``: only the check (``run_grid`` writes once its first run has started without error)."""
     with locked_dir(project_path(spec.out)):
-        _record_grid(spec, project_path(spec.out) / "grid.json", write)
+        _record_grid(spec, project_path(spec.out) / "grid.json", write, precision)
 
 
-def _record_grid(spec: GridSpec, path: Path, write: bool = True) -> None:
+def _record_grid(spec: GridSpec, path: Path, write: bool = True, precision: dict | None = None) -> None:
     new = {**asdict(spec), "out": repo_relative(project_path(spec.out))}
+    auto = _auto_precision(spec, precision)
+    if auto is not None:
+        new["precision"] = auto
     if path.exists():
         old = read_json(path)
+        if old.get("precision"):  # resolved once: a recorded precision is never replaced
+            new["precision"] = {**(auto or {}), **old["precision"]}
         changed = [(f"{part}.{n}", old[part].get(n, "(unset)"), new[part].get(n, "(unset)"))
                    for part in ("pretrain", "evaluate") for n in sorted(set(old[part]) | set(new[part]))
                    if old[part].get(n, "(unset)") != new[part].get(n, "(unset)")]
@@ -346,7 +429,8 @@ def _record_grid(spec: GridSpec, path: Path, write: bool = True) -> None:
         merged = {"masks": list(dict.fromkeys([*old["masks"], *new["masks"]])),
                   "seeds": list(dict.fromkeys([*old["seeds"], *new["seeds"]])),
                   "more_seeds": more, "variants": {**old_variants, **new["variants"]}}
-        if all(merged[k] == (list(old.get(k, {})) if k in ("masks", "seeds") else old.get(k, {})) for k in merged):
+        if all(merged[k] == (list(old.get(k, {})) if k in ("masks", "seeds") else old.get(k, {})) for k in merged) \
+                and old.get("precision") == new.get("precision"):
             return
         new.update(merged)
     if write:
@@ -359,14 +443,16 @@ def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False
     model built and trained or reused): a grid stopped by a bad setting leaves no grid.json that
     would refuse the corrected command."""
     record_grid(spec, write=False)
+    precision = grid_precision(spec, device)  # once for the whole grid, then recorded in grid.json
+    log.info("precision: %s", ", ".join(f"{part} {amp}" for part, amp in precision.items() if amp is not None))
     # the band sweep's table is its own (bands, not masks) and includes the grid's default-green runs
     table = (partial(write_band_table, default_green=GRIDS["cifar10-grid16"]) if spec.variants
              else write_table)
     recorded = False
     for mask, seed in spec.runs():
-        run_one(spec, mask, seed, device, rebuild_weights)
+        run_one(spec, mask, seed, device, rebuild_weights, precision)
         if not recorded:
-            record_grid(spec)
+            record_grid(spec, precision=precision)
             recorded = True
         table(spec)
     return table(spec)

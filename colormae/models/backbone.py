@@ -80,6 +80,25 @@ def transfer_export(export: dict, img_size: int | tuple[int, int], patch_size: i
     return out
 
 
+def encoder_width_tokens(model: nn.Module, tokens: int | None = None) -> int | None:
+    """Embedding width x tokens per image of the first patch embedding in ``model`` (MAE, timm ViT,
+    the dense backbones): the size ``runtime.resolve_amp``'s CPU rule reads. ``tokens``: the tokens the
+    encoder processes (pretraining: the kept ones); default all patches. None without a patch embedding."""
+    for module in model.modules():
+        embed = getattr(module, "patch_embed", None)
+        proj = getattr(embed, "proj", None)
+        if isinstance(proj, nn.Conv2d) and isinstance(getattr(embed, "num_patches", None), int):
+            return proj.out_channels * (embed.num_patches if tokens is None else tokens)
+    return None
+
+
+def export_width_tokens(export: dict, img_size: int | None = None) -> int:
+    """``encoder_width_tokens`` of an encoder export (all patches at ``img_size``, default its own)."""
+    kw = export["timm_kwargs"]
+    size, patch = _pair(img_size or kw["img_size"], "img_size"), _pair(kw["patch_size"], "patch_size")
+    return kw["embed_dim"] * (size[0] // patch[0]) * (size[1] // patch[1])
+
+
 def feature_blocks(depth: int) -> list[int]:
     """[3, 5, 7, 11] for 12 blocks, scaled to ``depth`` (24 -> [7, 11, 15, 23]; 4 -> [0, 1, 2, 3]);
     small depths may repeat a block."""

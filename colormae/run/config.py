@@ -50,8 +50,9 @@ class RunConfig:
     data_root: str | None = knob(None, "dataset folder or tar location (default: ../shared/data or $COLORMAE_DATA)",
                                  group="data", experiment=False, path=True)
     num_workers: int = knob(0, "DataLoader worker processes", group="data", experiment=False)
-    amp: str = knob("auto", "mixed precision; 'auto': bf16 on CUDA and on CPUs with native bf16 (AVX512-BF16, "
-                    "AMX), fp32 on other CPUs, where emulated bf16 is several times slower", choices=AMP_MODES,
+    amp: str = knob("auto", "mixed precision; 'auto': bf16 on CUDA; on CPUs with native bf16 (AVX512-BF16, AMX) "
+                    "bf16 only for encoders where it was measured faster (width x tokens >= 8192), else fp32; "
+                    "a resumed run keeps the precision it recorded (docs/runs.md)", choices=AMP_MODES,
                     group="optimization")
     seed: int = knob(0, "seeds model init, data order, augmentation and masks", group="run")
     output_dir: str = knob("results/default", "the run directory (relative paths: from the repository root)",

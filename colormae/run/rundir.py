@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from ..files import (
     atomic_write,
     make_dirs,
@@ -298,12 +300,17 @@ def config_record(cfg) -> dict:
     return record
 
 
-def check_same_experiment(saved: dict, cfg, where: str | os.PathLike, growable: tuple[str, ...] = GROWABLE) -> None:
+def check_same_experiment(saved: dict, cfg, where: str | os.PathLike, growable: tuple[str, ...] = GROWABLE,
+                          recorded_amp: str | None = None) -> None:
     """ValueError listing every experiment field of ``cfg`` that differs from the ``saved`` config
-    (the ``growable`` ones, epochs, may grow: a resume extends the schedule), with how to proceed."""
+    (the ``growable`` ones, epochs, may grow: a resume extends the schedule), with how to proceed.
+    ``recorded_amp``: the precision the run computed in (``recorded_precision``); an ``amp`` of "auto",
+    saved or new, stands for it, so "auto" and the precision it resolved to are the same experiment."""
     names = experiment_fields(type(cfg))
     new = config_record(cfg)
     saved = {**saved, **{n: repo_relative(saved[n]) for n in path_fields(type(cfg)) if saved.get(n) is not None}}
+    if recorded_amp is not None:
+        saved, new = ({**d, "amp": recorded_amp} if d.get("amp") == "auto" else d for d in (saved, new))
     diffs = [(n, a, b) for n, a, b in differences(saved, new, names)
              if not (n in growable and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > a)]
     if diffs:
@@ -409,8 +416,37 @@ def resolve_resume(cfg, run_dir: RunDir) -> Path | None:
             raise FileNotFoundError(f"checkpoint not found: {path} (from resume={cfg.resume!r})")
     saved = run_dir.read_config()
     if saved is not None:
-        check_same_experiment(saved, cfg, run_dir.path)
+        check_same_experiment(saved, cfg, run_dir.path, recorded_amp=recorded_precision(run_dir, path))
     return path
+
+
+PRECISIONS = ("bf16", "fp16", "none")  # what "auto" resolves to (runtime.resolve_amp)
+
+
+def checkpoint_precision(path: str | os.PathLike) -> str | None:
+    """The precision a checkpoint's run computed in (its ``amp`` entry; None in checkpoints written
+    before it was recorded). Memory-mapped: the weights are not read."""
+    try:
+        amp = torch.load(path, map_location="cpu", weights_only=False, mmap=True).get("amp")
+    except Exception:  # a corrupt file: load_checkpoint names it when the run loads it
+        return None
+    return amp if amp in PRECISIONS else None
+
+
+def recorded_precision(run_dir: RunDir, checkpoint: str | os.PathLike | None = None) -> str | None:
+    """The precision the run in ``run_dir`` computed in, from its own records: the ``checkpoint`` it
+    resumes from, else summary.json's ``amp`` (the resolved precision), else an explicit ``amp`` in
+    config.json; None when nothing records it (no run, or an older run with "auto" and no summary)."""
+    if checkpoint is not None and Path(checkpoint).is_file():
+        amp = checkpoint_precision(checkpoint)
+        if amp is not None:
+            return amp
+    summary = run_dir.read_summary() if run_dir.file(SUMMARY).is_file() else None
+    if isinstance(summary, dict) and summary.get("amp") in PRECISIONS:
+        return summary["amp"]
+    saved = run_dir.read_config() if run_dir.file(CONFIG).is_file() else None
+    amp = saved.get("amp") if isinstance(saved, dict) else None
+    return amp if amp in PRECISIONS else None
 
 
 def finished_summary(cfg, run_dir: RunDir) -> dict | None:

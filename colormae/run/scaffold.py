@@ -56,6 +56,7 @@ from .rundir import (
     check_same_experiment,
     config_record,
     finished_summary,
+    recorded_precision,
     resolve_resume,
 )
 
@@ -92,6 +93,7 @@ class Run:
         self.elapsed_before, self.images_before, self.images_seen = 0.0, 0, 0
         self.epoch_loss_sum, self.epoch_loss_count, self.last_epoch_loss = 0.0, 0, None
         self.last_batch_loss = float("nan")
+        self.amp: str | None = None  # the precision computed in, once resolved (``precision``)
 
     # -- opening and closing ---------------------------------------------------------------------
     def __enter__(self) -> "Run":
@@ -146,6 +148,23 @@ class Run:
         self.timer = Timer()  # wall time and img/s count the loop, not data and model set-up
         self.bar = progress(total=total_steps, initial=step, disable=not self.info.is_main, desc=desc)
 
+    # -- precision -------------------------------------------------------------------------------
+    def precision(self, width_tokens: int | None) -> str:
+        """The precision this run computes in ("bf16", "fp16" or "none"), resolved once after the
+        engine built its model: an explicit ``amp`` as given; "auto" as the run recorded it when it
+        continues one (checkpoint, else summary: "auto" never changes a recorded run's precision),
+        else ``runtime.resolve_amp`` for the encoder's ``width_tokens`` (``models.backbone.
+        encoder_width_tokens``). Recorded in checkpoints and the summary."""
+        amp = resolve_amp(self.cfg.amp, self.device, width_tokens)
+        recorded = None if self.cfg.overwrite else recorded_precision(self.dir, self.resume_from)
+        if self.cfg.amp == "auto" and recorded is not None:
+            if recorded != amp:
+                log.info("amp auto: %s computed in %s, and continues in it (auto would choose %s for a new run "
+                         "here)", self.dir.path, recorded, amp)
+            amp = recorded
+        self.amp = amp
+        return amp
+
     # -- resume ------------------------------------------------------------------------------------
     def restore(self, required: tuple[str, ...], model, optimizer, scaler,
                 mask_generator: torch.Generator | None = None) -> tuple[int, int, int, dict | None]:
@@ -155,7 +174,7 @@ class Run:
             return 0, 0, 0, None
         path = self.resume_from
         ckpt = load_checkpoint(path, required=TRAINING_STATE_KEYS + tuple(required))
-        check_same_experiment(ckpt["config"], self.cfg, path)
+        check_same_experiment(ckpt["config"], self.cfg, path, recorded_amp=ckpt.get("amp") or self.amp)
         try:
             model.load_state_dict(ckpt["model"])
         except RuntimeError as e:
@@ -176,7 +195,7 @@ class Run:
         progress counters, the config), plus the engine's own ``extra`` entries."""
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "rng": rng_state(mask_generator),
-                "config": config_record(self.cfg), "progress": self.progress_state(), **extra}
+                "config": config_record(self.cfg), "amp": self.amp, "progress": self.progress_state(), **extra}
 
     def progress_state(self) -> dict:
         return {"wall_time_s": self.wall_time_s, "images_seen": self.images_before + self.images_seen,
@@ -278,7 +297,8 @@ class Run:
         """The summary fields every engine writes. ``final_loss`` is the mean training loss of the
         last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's. ``artifacts``:
         the files a finished run must still hold to count as finished (see rundir.finished_summary)."""
-        return {"engine": self.engine, "config": config_record(self.cfg), "amp": resolve_amp(self.cfg.amp, self.device),
+        amp = self.amp or resolve_amp(self.cfg.amp, self.device)  # resolved by ``precision`` in every engine
+        return {"engine": self.engine, "config": config_record(self.cfg), "amp": amp,
                 "environment": environment_info(self.device),
                 "world_size": self.info.world_size, "steps": step, "total_steps": total_steps, "finished": finished,
                 "final_loss": self.last_epoch_loss,
