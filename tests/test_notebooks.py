@@ -46,6 +46,7 @@ TINY: dict[str, dict] = {
                             "sweep_dir": str(ROOT / "results" / "cifar10_band_sweep")},
     "08_cost_and_tables.ipynb": {"fig_dir": "{tmp}/out"},
     "09_explore.ipynb": {"n_masks": 8, "grid": 8},  # the widget (nbval stores its repr) and one static view
+    "10_explore_reconstructions.ipynb": {},  # two committed 32-px models: the widget's repr and one static view
 }
 # file in the notebook's output dir -> dotted key -> the tiny run's value (relative tolerance PIN_RTOL)
 PINNED: dict[str, dict[str, dict[str, float]]] = {
