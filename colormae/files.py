@@ -7,13 +7,17 @@ import contextlib
 import csv
 import errno
 import json
+import math
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
+from PIL import Image
 
 # the repository root (relative paths in configs and notebook parameters are taken from here)
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,3 +188,149 @@ def project_path(path: str | os.PathLike) -> Path:
     JupyterLab runs it from ``notebooks/``. Absolute paths are kept."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else ROOT / path
+
+
+# -- committed records ------------------------------------------------------------------------------
+# A notebook run from a fresh clone must not rewrite what is committed under results/ and
+# paper_figures/: it writes into the same path under LOCAL_RECORDS (git-ignored) and compares.
+
+LOCAL_RECORDS = ROOT / "results" / "local"
+# keys whose values change from one identical computation to the next (timings, machine facts)
+VOLATILE_KEYS = ("environment", "wall_time_s", "session_wall_time_s", "images_per_s", "img_per_s",
+                 "peak_memory_bytes", "extract_time_s", "eval_time_s", "train_time_s")
+RECORD_RTOL = 1e-4  # numbers that agree this closely reproduce the record (BLAS order moves them ~1e-6)
+_UNCOMPARED = (".pdf",)  # vector twins of compared PNGs (fonts and layout metadata differ by version)
+
+
+def committed_files(path: str | os.PathLike) -> list[str]:
+    """The files git tracks at or under ``path``, repository-relative ([] outside a git checkout,
+    or when ``path`` lies outside the repository)."""
+    rel = repo_relative(path)
+    if rel is None or Path(rel).is_absolute():
+        return []
+    try:
+        out = subprocess.run(["git", "ls-files", "-z", "--", rel], cwd=ROOT, capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [name for name in out.stdout.split("\0") if name] if out.returncode == 0 else []
+
+
+def local_mirror(path: str | os.PathLike) -> Path:
+    """``path``'s place under ``LOCAL_RECORDS`` (results/x -> results/local/x)."""
+    rel = Path(repo_relative(path))
+    if rel.is_absolute():
+        raise ValueError(f"{path} is outside the repository {ROOT}: it has no local mirror")
+    if rel.parts[:1] == ("results",):
+        rel = Path(*rel.parts[1:])
+    return LOCAL_RECORDS / rel
+
+
+def record_dir(path: str | os.PathLike, update: bool = False) -> Path:
+    """Where a notebook writes what belongs in folder ``path``: ``path`` itself when ``update`` or
+    when git tracks nothing under it; else its ``local_mirror`` (the committed files stay as they are)."""
+    path = project_path(path)
+    if update or not committed_files(path):
+        return path
+    return local_mirror(path)
+
+
+def committed_spelling(text: str) -> str:
+    """Paths into ``LOCAL_RECORDS`` spelled as the committed paths they mirror (``local_mirror``)."""
+    local = repo_relative(LOCAL_RECORDS)
+    return text.replace(f"{local}/paper_figures", "paper_figures").replace(f"{local}/", "results/")
+
+
+def _normalize(value: Any) -> Any:
+    """A record without its volatile keys, paths into the local mirror spelled as the committed ones."""
+    if isinstance(value, dict):
+        return {k: _normalize(v) for k, v in value.items() if k not in VOLATILE_KEYS}
+    if isinstance(value, list):
+        return [_normalize(v) for v in value]
+    if isinstance(value, str):
+        return committed_spelling(value)
+    return value
+
+
+def _number(text: Any) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _differences(new: Any, old: Any, where: str, out: list[str]) -> None:
+    """Append 'where: committed X, here Y' for each leaf of ``old`` that ``new`` does not reproduce."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new), key=str):
+            at = f"{where}.{key}" if where else str(key)
+            if key not in new:
+                out.append(f"{at}: committed {_short(old[key])}, here missing")
+            elif key not in old:
+                out.append(f"{at}: not in the committed record, here {_short(new[key])}")
+            else:
+                _differences(new[key], old[key], at, out)
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) != len(new):
+            out.append(f"{where}: committed {len(old)} entries, here {len(new)}")
+            return
+        for i, (a, b) in enumerate(zip(new, old)):
+            _differences(a, b, f"{where}[{i}]", out)
+        return
+    a, b = _number(new), _number(old)
+    if a is not None and b is not None and not isinstance(new, bool) and not isinstance(old, bool):
+        if a == b or (math.isfinite(a) and math.isfinite(b) and abs(a - b) <= RECORD_RTOL * max(abs(a), abs(b))):
+            return
+        out.append(f"{where}: committed {_short(old)}, here {_short(new)}")
+    elif new != old:
+        out.append(f"{where}: committed {_short(old)}, here {_short(new)}")
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    text = json.dumps(value, default=str) if isinstance(value, (dict, list)) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _read_record(path: Path) -> Any:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.reader(f))
+    if path.suffix.lower() in (".png", ".jpg", ".jpeg"):
+        with Image.open(path) as img:
+            pixels = np.asarray(img.convert("RGBA"))
+        return {"size": list(pixels.shape), "pixels": pixels.tobytes()}
+    return path.read_text()
+
+
+def compare_records(written: str | os.PathLike, committed: str | os.PathLike) -> tuple[int, list[str]]:
+    """(files compared, differences): each file git tracks under folder ``committed`` that folder
+    ``written`` also holds (same relative path), compared as a record: JSON / JSONL / CSV leaf by
+    leaf (numbers to ``RECORD_RTOL``; timings and machine facts, ``VOLATILE_KEYS``, left out; paths
+    into ``written`` read as paths into ``committed``), images pixel by pixel, other text exactly.
+    PDFs are not compared (the PNG twin is)."""
+    written, committed = project_path(written), project_path(committed)
+    count, diffs = 0, []
+    for name in committed_files(committed):
+        rel = (ROOT / name).relative_to(committed)
+        new_path = written / rel
+        if new_path.suffix.lower() in _UNCOMPARED or not new_path.is_file():
+            continue
+        count += 1
+        found: list[str] = []
+        new, old = _read_record(new_path), _read_record(ROOT / name)
+        if isinstance(old, dict) and "pixels" in old:
+            if new != old:
+                found.append("the image differs")
+        else:
+            _differences(_normalize(new), _normalize(old), "", found)
+        diffs += [f"{rel}: {d}" if d else str(rel) for d in found[:3]]
+        if len(found) > 3:
+            diffs.append(f"{rel}: ... and {len(found) - 3} more")
+    return count, diffs

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from colormae.analysis import explore
 from colormae.masks.noise import DEFAULT_PARAMS
 from colormae.masks.schedule import band_centre
+from colormae.runtime import notebook_logging
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"grid": 8, "n_masks": 4}
@@ -198,15 +199,16 @@ def clean_colormae_logger():
 
 
 def test_notebook_logging_writes_short_lines_to_stdout(clean_colormae_logger, capsys):
-    explore.notebook_logging()
-    explore.notebook_logging()  # idempotent: one handler
+    notebook_logging()
+    notebook_logging()  # idempotent: one handler
     assert sum(type(h).__name__ == "_StdoutHandler" for h in clean_colormae_logger.handlers) == 1
     log = logging.getLogger("colormae.masks.bank")
     log.debug("not shown")
     log.info("made a bank")
     log.warning("careful")
+    log.info("saved %s", ROOT / "paper_figures" / "fig1.png")  # no machine path in a saved output
     out, err = capsys.readouterr()
-    assert out == "made a bank\nWARNING: careful\n" and err == ""
+    assert out == "made a bank\nWARNING: careful\nsaved paper_figures/fig1.png\n" and err == ""
 
 
 def test_notebook_09_is_thin():

@@ -13,8 +13,8 @@ Three layers, so that tests and the benchmark call the logic without a browser:
 - :func:`mask_explorer` (-> an ipywidgets widget) only wires the controls to the two above and shows
   the figure as PNG bytes in an ``ipywidgets.Image``.
 
-``python benchmarks/explore.py`` times an update (values in -> PNG bytes). :func:`notebook_logging`
-sends log records to stdout with short messages (notebooks show stderr in red boxes).
+``python benchmarks/explore.py`` times an update (values in -> PNG bytes). Notebooks send log
+records to stdout with short messages with ``colormae.runtime.notebook_logging``.
 """
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ from ..masks.maskers import KINDS, SOURCES, make_masker, masks_from_scores
 from ..masks.noise import COLORS, DEFAULT_PARAMS, color_params, color_transfer, radial_spectrum
 from ..masks.schedule import band_centre
 from ..masks.stats import mask_statistics, visible_clusters
-from ..runtime import notebook_logging  # notebook 09 calls explore.notebook_logging()
 from . import results
 from .figures import KIND_COLORS, KIND_LABELS, MASK_CMAP, mean_periodogram
 
@@ -573,4 +572,4 @@ def mask_explorer(kind: str = "green", grid: int = 16, mask_ratio: float = 0.75,
 
 
 __all__ = ["MaskView", "mask_view", "band_sweep_points", "nearest_band", "stats_table", "stats_html", "describe",
-           "MaskFigure", "draw_mask_view", "MaskExplorer", "mask_explorer", "notebook_logging"]
+           "MaskFigure", "draw_mask_view", "MaskExplorer", "mask_explorer"]

@@ -291,8 +291,8 @@ def evaluate_frozen(run_or_encoder: str | Path | dict, dataset_name: str = "embe
     result.update(num_train=len(xtr), num_test=len(xte), feature_dim=xtr.shape[1], num_classes=n_cls, pool=pool,
                   amp=amp, knn_k=knn["k"], dataset=dataset_name, caveat=data_lib.split_caveat(dataset_name),
                   extract_time_s=extract_s, wall_time_s=timer.elapsed)
-    log.info("frozen %s (%s pool): kNN top-1 %.4f, linear probe top-1 %s", dataset_name, pool, result["knn_top1"],
-             result["linprobe_top1"])
+    probe = f", linear probe top-1 {result['linprobe_top1']:.4f}" if result["linprobe_top1"] is not None else ""
+    log.info("frozen %s (%s pool): kNN top-1 %.4f%s", dataset_name, pool, result["knn_top1"], probe)
     if result["caveat"]:
         log.info("note: %s", result["caveat"])
     return result

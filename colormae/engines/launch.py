@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 from ..files import project_path, repo_relative
 from ..run.config import config_from_args, config_from_params, pick_params, to_argv
-from ..run.rundir import ENCODER, RunDir
+from ..run.rundir import ENCODER, RunDir, run_location
 from ..run.scaffold import cli_main
 from . import detect, finetune, pretrain, segment
 
@@ -68,24 +68,27 @@ def run_engine(engine: str, params: Mapping[str, Any], nproc: int = 1) -> dict:
 
 
 def pretrained_encoder(encoder: str, *, default: str, pretrain_if_missing: bool = True,
-                       pretrain_params: Mapping[str, Any] | None = None) -> str:
+                       pretrain_params: Mapping[str, Any] | None = None, update_records: bool = False) -> str:
     """The encoder a notebook evaluates, as a path. When ``encoder`` is the notebook's own
     ``default`` (notebook 01's run directory) and holds no weights, that default pretraining is run
-    (or resumed) there first; any other missing path is an error naming it, so a typo never turns
-    into a freshly trained model."""
+    (or resumed) first: in its local mirror when the folder holds a committed record (a fresh clone;
+    ``rundir.run_location``), there itself with ``update_records``. Any other missing path is an
+    error naming it, so a typo never turns into a freshly trained model."""
     path = project_path(encoder)
     if path.is_file() or (path / ENCODER).is_file():
         return str(path)
     if path != project_path(default):
         raise FileNotFoundError(f"encoder {path} not found (a run directory with {ENCODER}, an {ENCODER} or a "
                                 f"checkpoint). Only the notebook's default, {default}, is pretrained when missing.")
+    run_dir = run_location(path, update_records)
+    if (run_dir / ENCODER).is_file():
+        return str(run_dir)
     if not pretrain_if_missing:
         raise FileNotFoundError(f"encoder {path} has no {ENCODER}: run notebook 01 (papermill "
                                 "notebooks/01_pretrain.ipynb out.ipynb) or set pretrain_if_missing=True")
-    log.warning("%s has no %s (weights are not committed): running notebook 01's default pretraining there",
-                repo_relative(path), ENCODER)
-    run_engine("pretrain", {"output_dir": str(path), "resume": "auto", **(pretrain_params or {})})
-    return str(path)
+    log.info("running notebook 01's default pretraining in %s (for its %s)", repo_relative(run_dir), ENCODER)
+    run_engine("pretrain", {"output_dir": str(run_dir), "resume": "auto", **(pretrain_params or {})})
+    return str(run_dir)
 
 
 def run_engine_per_encoder(engine: str, params: Mapping[str, Any], encoders: Mapping[str, str],
@@ -99,12 +102,13 @@ def run_engine_per_encoder(engine: str, params: Mapping[str, Any], encoders: Map
 
 
 def pretrained_encoders(encoders: Mapping[str, str], *, default: str = "results/pretrain/embedded_{label}",
-                        pretrain_if_missing: bool = True, pretrain_params: Mapping[str, Any] | None = None
-                        ) -> dict[str, str]:
+                        pretrain_if_missing: bool = True, pretrain_params: Mapping[str, Any] | None = None,
+                        update_records: bool = False) -> dict[str, str]:
     """``pretrained_encoder`` for each (label -> encoder) of ``encoders``; the default of a label is
     ``default`` formatted with it, and its pretraining (when missing) uses ``pretrain_params`` with
     the mask set to the label (``encoders = {"random": ..., "green": ...}``: notebook 01's run
     with that mask)."""
     return {label: pretrained_encoder(enc, default=default.format(label=label), pretrain_if_missing=pretrain_if_missing,
-                                      pretrain_params={**(pretrain_params or {}), "mask": label})
+                                      pretrain_params={**(pretrain_params or {}), "mask": label},
+                                      update_records=update_records)
             for label, enc in encoders.items()}

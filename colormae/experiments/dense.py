@@ -101,14 +101,15 @@ def summarize_segmentation(path: str | Path) -> pd.DataFrame:
 
 
 def notebook_encoders(encoder: str | None, grid_dir: str | Path, masks, out: str | Path, fallback: str,
-                      default: str = "results/pretrain/embedded_green") -> dict[str, str]:
+                      default: str = "results/pretrain/embedded_green", update_records: bool = False
+                      ) -> dict[str, str]:
     """Notebook 04's encoders by label: ``encoder`` alone when given; else the grid's seed-0
     encoders of ``masks`` that exist (``grid_seed0_encoder``); else notebook 01's run ``fallback``
-    (pretrained there first when it is ``default`` and holds no weights)."""
+    (pretrained first when it is ``default`` and holds no weights; ``launch.pretrained_encoder``)."""
     if encoder is not None:
         return {"encoder": str(project_path(encoder))}
     found = {m: str(p) for m in masks if (p := grid_seed0_encoder(grid_dir, m, out)) is not None}
-    return found or {"notebook 01": pretrained_encoder(fallback, default=default)}
+    return found or {"notebook 01": pretrained_encoder(fallback, default=default, update_records=update_records)}
 
 
 def segmentation_runs(summaries: dict[str, dict]) -> pd.DataFrame:

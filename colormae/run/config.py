@@ -145,6 +145,14 @@ def check_type(cls: type, name: str, value: Any) -> Any:
     (an int where a float is wanted is taken; 16.5 for an int, "abc" for a number, 1 for a bool
     are not): ValueError naming the parameter, its type and the value."""
     kind, optional = _field_type(cls, name)
+    return check_kind(name, value, kind, optional, f"{cls.__name__} parameter {name}",
+                      path=name in path_fields(cls))
+
+
+def check_kind(name: str, value: Any, kind: type, optional: bool = False, what: str | None = None,
+               path: bool = False) -> Any:
+    """``value`` as a ``kind`` (bool, int, float, str, or any class) takes it, with the command line's
+    rules (see ``check_type``); ``path``: a Path is taken for a str. ValueError naming ``name``."""
     if value is None:
         if optional:
             return None
@@ -159,11 +167,10 @@ def check_type(cls: type, name: str, value: Any) -> Any:
             return float(value)
     elif isinstance(value, kind):
         return value
-    elif kind is str and isinstance(value, os.PathLike) and name in path_fields(cls):
+    elif kind is str and isinstance(value, os.PathLike) and path:
         return os.fspath(value)  # a Path for a file or folder knob
     wanted = kind.__name__ + (" or None" if optional else "")
-    raise ValueError(f"{name}={value!r}: {cls.__name__} parameter {name} takes {wanted}, not "
-                     f"{type(value).__name__}")
+    raise ValueError(f"{name}={value!r}: {what or 'parameter ' + name} takes {wanted}, not {type(value).__name__}")
 
 
 def config_from_params(cls: type, params: Mapping[str, Any]):
@@ -249,6 +256,17 @@ def _describe(lo, hi, lo_in, hi_in) -> str:
     return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
 
 
+def check_range(name: str, value: float, rule: tuple) -> None:
+    """ValueError unless ``value`` is finite and within ``rule`` = (low, high, low included, high
+    included), as in ``RANGES``."""
+    if not math.isfinite(value):
+        raise ValueError(f"{name}={value} must be a finite number")
+    lo, hi, lo_in, hi_in = rule
+    if (lo is not None and (value < lo or (value == lo and not lo_in))) or (
+            hi is not None and (value > hi or (value == hi and not hi_in))):
+        raise ValueError(f"{name}={value} must be {_describe(lo, hi, lo_in, hi_in)} (out of range)")
+
+
 def check_ranges(cfg) -> None:
     """ValueError naming the first numeric field outside its allowed range (``RANGES`` or the
     knob's ``range=``), or not finite; and min_lr above the peak lr it is the floor of."""
@@ -259,12 +277,8 @@ def check_ranges(cfg) -> None:
         if not math.isfinite(value):
             raise ValueError(f"{f.name}={value} must be a finite number")
         rule = f.metadata.get("range") or RANGES.get(f.name)
-        if rule is None:
-            continue
-        lo, hi, lo_in, hi_in = rule
-        if (lo is not None and (value < lo or (value == lo and not lo_in))) or (
-                hi is not None and (value > hi or (value == hi and not hi_in))):
-            raise ValueError(f"{f.name}={value} must be {_describe(lo, hi, lo_in, hi_in)} (out of range)")
+        if rule is not None:
+            check_range(f.name, value, rule)
     blr, min_lr, batch = (getattr(cfg, n, None) for n in ("blr", "min_lr", "batch_size"))
     if None not in (blr, min_lr, batch) and blr > 0 and (getattr(cfg, "epochs", 1) or 0) > 0:
         peak = blr * batch * (getattr(cfg, "accum_iter", 1) or 1) / 256

@@ -34,6 +34,7 @@ from ..files import (
     output_error,
     project_path,
     read_json,
+    record_dir,
     repo_relative,
     save_torch,
     write_json,
@@ -463,10 +464,40 @@ def finished_summary(cfg, run_dir: RunDir) -> dict | None:
     needed = summary.get("artifacts", [LAST] if "total_steps" in summary else [])
     missing = [name for name in needed if not run_dir.file(name).exists()]
     if missing:
-        log.warning("%s finished, but %s are missing (weights are not committed): computing the run again",
-                    repo_relative(run_dir.path), ", ".join(missing))
+        log.info("%s: weights are not committed; recomputing (≈ %s, as recorded)", repo_relative(run_dir.path),
+                 _minutes(summary.get("wall_time_s")))
         return None
     return summary
+
+
+def _minutes(seconds: float | None) -> str:
+    return "unknown time" if seconds is None else f"{max(1, round(seconds / 60))} min"
+
+
+def _summaries(path: Path) -> list[dict]:
+    """The summaries of the run in ``path`` or of the runs one level below it."""
+    files = [path / SUMMARY] if (path / SUMMARY).is_file() else sorted(path.glob(f"*/{SUMMARY}"))
+    return [read_json(f) | {"_dir": f.parent} for f in files]
+
+
+def run_location(path: str | os.PathLike, update: bool = False) -> Path:
+    """The folder a notebook runs (or reads back) the run(s) of ``path`` in: ``path`` when ``update``,
+    when git tracks nothing there, or when its runs are finished and hold their weights (a finished
+    run is read, never rewritten); else (a fresh clone: weights are not committed) its local mirror,
+    so recomputing leaves the committed record as it is (``files.record_dir``)."""
+    path = project_path(path)
+    local = record_dir(path, update)
+    if local == path:
+        return path
+    summaries = _summaries(path)
+    if summaries and all(s.get("finished") and all((s["_dir"] / a).exists() for a in s.get("artifacts", []))
+                         for s in summaries):
+        return path
+    if summaries and not (local.is_dir() and _summaries(local)):
+        log.info("%s: weights are not committed; recomputing in %s (≈ %s, as recorded); the committed record "
+                 "stays as it is", repo_relative(path), repo_relative(local),
+                 _minutes(sum(s.get("wall_time_s") or 0 for s in summaries)))
+    return local
 
 
 # -- loading what runs produced --------------------------------------------------------------
