@@ -89,10 +89,10 @@ def validate(cfg: DetectConfig) -> None:
     if cfg.encoder is None:
         raise ValueError("encoder is required: a pretraining run directory, encoder.pth or checkpoint")
     check_choice("data", cfg.data, DATA)
-    check_positive(cfg, "train_length", "test_length", "img_size", "patch_size", "fpn_channels", "roi_batch",
     if cfg.skip_corrupt and cfg.data == "pennfudan":
         raise ValueError("skip_corrupt applies to data='coco': Penn-Fudan is a fixed set read whole (an unreadable "
                          "file there is a broken copy: copy it again)")
+    check_positive(cfg, "train_length", "test_length", "img_size", "patch_size", "fpn_channels", "roi_batch",
                    "test_proposals", "epochs", "batch_size", "blr")
     check_positive(cfg, "window_size", "weight_decay", "warmup_steps",
                    allow_zero=("window_size", "weight_decay", "warmup_steps"))
