@@ -416,3 +416,17 @@ def test_a_dataset_owns_its_corrupt_image_ceiling(tmp_path):
     check_skipped([lenient, sub])
     with pytest.raises(ValueError, match=r"1 of 10 images \(10.00%\).*more than the allowed 1.00%"):
         check_skipped([lenient, strict])
+
+
+def test_sample_images_from_a_split_smaller_than_n_times_spacing(tmp_path):
+    """Notebook 01 on an image folder whose val split had < 128 images died in an IndexError after
+    training (8 images, every 16th): the n images are now spread over what the split has."""
+    from colormae.data.datasets import sample_images
+    _make_tree(tmp_path, "val", per_class=4)  # 12 images
+    imgs = sample_images("imagefolder", tmp_path, "test", 32, 8)
+    assert imgs.shape == (8, 3, 32, 32)
+    ds = build_dataset("imagefolder", tmp_path, "test", eval_transform(32), labeled=False)
+    picks = np.linspace(0, 11, 8).round().astype(int)  # 0, 2, 3, 5, 6, 8, 9, 11
+    assert torch.equal(imgs, torch.stack([ds[int(i)][0] for i in picks]))
+    with pytest.raises(ValueError, match="n=13 images asked for, but the test split of imagefolder has 12"):
+        sample_images("imagefolder", tmp_path, "test", 32, 13)

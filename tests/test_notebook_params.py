@@ -184,18 +184,24 @@ def test_records_report_says_what_differs(tmp_path, monkeypatch, caplog):
     assert Records(update=True).dir("results/figures") == ROOT / "results" / "figures"
 
 
-def test_a_fresh_clone_keeps_its_committed_records(tmp_path):
+def _text_outputs(notebook: Path) -> str:
+    outputs = [o for c in json.loads(notebook.read_text())["cells"] for o in c.get("outputs", [])]
+    return "".join("".join(o["text"]) if isinstance(o.get("text"), list) else o.get("text", "") for o in outputs)
+
+
+def test_a_fresh_clone_keeps_its_committed_records(tmp_path, monkeypatch):
     """git clone, then the cheapest notebooks that write records (00: paper figures, 08: tables and
     Table 4's figure) and the record mechanism for a recomputed run and notebook 07's foreground
     table: `git status --porcelain` stays empty, and the notebooks say the record was reproduced."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=300)
-    env = {**os.environ, "PYTHONPATH": str(clone)}  # the clone's colormae, not the editable install's
+    monkeypatch.setenv("PYTHONPATH", str(clone))  # kernels import the clone's colormae, not the editable install's
+    env = {**os.environ}
     for name in ("00_color_noise", "08_cost_and_tables"):
         out = tmp_path / f"{name}.ipynb"
         papermill.execute_notebook(clone / "notebooks" / f"{name}.ipynb", out, cwd=clone / "notebooks",
-                                   progress_bar=False, kernel_name="python3", env=env)
-        text = "".join(o.get("text", "") for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
+                                   progress_bar=False, kernel_name="python3")
+        text = _text_outputs(out)
         assert "committed record reproduced" in text and "differs" not in text, text[-3000:]
         assert str(clone) not in text  # no machine paths in the outputs
     script = """

@@ -1,15 +1,18 @@
 """One command for every figure and table: ``colormae reproduce``.
 
     colormae reproduce                     # execute every notebook (papermill) -> results/notebooks/
+    colormae reproduce --update            # ... and replace the committed records with what they compute
     colormae reproduce --list              # each paper_figures/ file: notebook, results it reads
     colormae reproduce --notebooks 07 08   # only these notebooks (name prefixes)
     colormae reproduce --run-experiments   # first (re)run the experiment grids (resumable; hours)
 
 Notebooks run in order with their default parameters into ``results/notebooks/<name>`` (executed
-copies; the sources in ``notebooks/`` are never overwritten) and write ``paper_figures/`` from the
-stored results. What each notebook saves there and which results it reads are read from the
-notebook itself (its ``save_figure(..., "name", <dir>)`` calls whose <dir> parameter defaults to
-``paper_figures``, and its parameters that name ``results/`` paths), so the listing cannot drift.
+copies; the sources in ``notebooks/`` are never overwritten). What they compute from the stored
+results goes beside the committed records, in ``results/local/``, with one line per folder saying
+whether the record was reproduced; ``--update`` replaces ``paper_figures/`` and the records instead.
+What each notebook saves there and which results it reads are read from the notebook itself (its
+``save_figure(..., "name", <dir>)`` calls whose <dir> parameter defaults to ``paper_figures``, and
+its parameters that name ``results/`` paths), so the listing cannot drift.
 """
 from __future__ import annotations
 
@@ -167,10 +170,13 @@ def run_experiments(dry_run: bool = False) -> None:
     subprocess.run([sys.executable, *COMPACT_CAM], cwd=ROOT, check=True)
 
 
-def execute(nbs: list[Notebook], out_dir: Path | None = None) -> tuple[list[Path], dict[str, str]]:
+def execute(nbs: list[Notebook], out_dir: Path | None = None,
+            update: bool = False) -> tuple[list[Path], dict[str, str]]:
     """Run each notebook with papermill into ``out_dir``. A failing notebook does not stop the
-    others (a later one may not need what it lacked). Returns the paper_figures/ files (re)written
-    and {notebook: error} of the failures."""
+    others (a later one may not need what it lacked). ``update``: notebooks replace the committed
+    records (``update_records=True``); else they write beside them in results/local/ and say
+    whether they reproduced them. Returns the paper_figures/ files (re)written and {notebook: error}
+    of the failures."""
     import papermill
     out_dir = out_dir or OUT_DIR
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -183,7 +189,9 @@ def execute(nbs: list[Notebook], out_dir: Path | None = None) -> tuple[list[Path
         start = time.time()
         print(f"running notebooks/{nb.name} -> {target}", flush=True)
         try:
-            papermill.execute_notebook(str(nb.path), str(target), cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+            takes_update = "update_records" in _parameters(json.loads(nb.path.read_text())["cells"])
+            papermill.execute_notebook(str(nb.path), str(target), cwd=str(NOTEBOOKS_DIR), progress_bar=False,
+                                       parameters={"update_records": True} if update and takes_update else {})
         except papermill.PapermillExecutionError as err:
             failed[nb.name] = f"{err.ename}: {err.evalue}"
             print(f"  FAILED after {time.time() - start:.0f} s: {failed[nb.name]}", flush=True)
@@ -200,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notebooks", nargs="+", default=None, help="run only notebooks whose names start with these")
     p.add_argument("--run-experiments", action="store_true", help="(re)run the experiment grids first (hours)")
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
+    p.add_argument("--update", action="store_true", help="replace the committed records (paper_figures/, results/) "
+                   "with what the notebooks compute; without it they write to results/local/ and compare")
     return p
 
 
@@ -219,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.dry_run:
         print("would run: " + ", ".join(nb.name for nb in nbs))
         return []
-    written, failed = execute(nbs)
+    written, failed = execute(nbs, update=args.update)
     print("regenerated:" if written else "no file in paper_figures/ changed")
     for path in written:
         print(f"  {path.relative_to(ROOT)}")
