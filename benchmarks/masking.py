@@ -8,16 +8,97 @@ keeps on the device (the noise bank; 0 for online filtering), on CUDA the peak e
 allocated while building it and generating masks, and the time per call relative to random (MAE)
 masking. Timing is interleaved in rounds (every masker once per round) so that clock or thermal
 drift hits all kinds alike; the median round is reported.
+
+``--block-reference``: the block (BEiT) masker against the numpy implementation it replaced
+(``reference_block_scores`` below, kept here only as the reference), side by side in the same rounds:
+wall and CPU time (``time.process_time``: this process only, so a loaded machine's waiting does not
+count) per batch, and their ratio.
+
+    python benchmarks/masking.py --device cpu --kinds block --block-reference --threads 1
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 
+import numpy as np
 import torch
 
 from colormae import COLORS, KINDS, make_masker
+
+
+# -- the numpy block masker that colormae.masks.maskers.block_masks replaced (reference only) ---------
+def _reference_block_mask(grid: int, num_masked: int, min_patches: int, rng: np.random.Generator,
+                          min_aspect: float = 0.3, attempts: int = 10) -> np.ndarray:
+    """BEiT's block-wise masking for one sample, a python loop per block (the former implementation)."""
+    mask = np.zeros((grid, grid), dtype=bool)
+    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
+    count = 0
+    while count < num_masked:
+        budget = num_masked - count
+        delta = 0
+        for _ in range(attempts):
+            area = rng.uniform(min_patches, budget) if budget > min_patches else budget
+            aspect = math.exp(rng.uniform(*log_aspect))
+            h = int(round(math.sqrt(area * aspect)))
+            w = int(round(math.sqrt(area / aspect)))
+            if 0 < h < grid and 0 < w < grid:
+                top, left = rng.integers(0, grid - h + 1), rng.integers(0, grid - w + 1)
+                new = h * w - int(mask[top:top + h, left:left + w].sum())
+                if 0 < new <= budget:
+                    mask[top:top + h, left:left + w] = True
+                    delta = new
+                    break
+        if delta == 0:
+            break
+        count += delta
+    return mask
+
+
+def reference_block_masks(batch: int, grid: int, num_masked: int, min_patches: int, min_aspect: float = 0.3,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """[B, grid, grid] bool from the former numpy path (seeded from ``generator``), before the random fill."""
+    seed = torch.randint(0, 2 ** 62, (1,), generator=generator).item()
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.stack([_reference_block_mask(grid, num_masked, min_patches, rng, min_aspect)
+                                      for _ in range(batch)]))
+
+
+def reference_block_scores(masker, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The former ``Masker.scores`` for kind "block": numpy masks, then the random fill, on the CPU."""
+    L = masker.num_patches
+    masked = reference_block_masks(batch, masker.grid, L - masker.n_keep, masker.params["min_block_patches"],
+                                   masker.params["min_aspect"], generator)
+    return (~masked).flatten(1).float() + 0.5 * torch.rand(batch, L, generator=generator)
+
+
+def block_reference(args) -> None:
+    """The block masker (torch, batched) vs the numpy reference, interleaved rounds, on the CPU."""
+    masker = make_masker("block", args.grid, args.mask_ratio)
+    gen = torch.Generator().manual_seed(0)
+    paths = {"numpy reference": lambda: reference_block_scores(masker, args.batch, gen),
+             "torch (colormae)": lambda: masker.scores(args.batch, generator=gen)}
+    for fn in paths.values():
+        fn()  # warm-up
+    wall: dict[str, list[float]] = {k: [] for k in paths}
+    cpu: dict[str, list[float]] = {k: [] for k in paths}
+    for _ in range(args.rounds):
+        for name, fn in paths.items():
+            w0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(args.repeats):
+                fn()
+            wall[name].append((time.perf_counter() - w0) / args.repeats)
+            cpu[name].append((time.process_time() - c0) / args.repeats)
+    print(f"\nblock masks, B={args.batch}, grid={args.grid}, cpu threads={torch.get_num_threads()}, "
+          f"{args.rounds} rounds x {args.repeats} calls (median round)")
+    print(f"{'path':<17} {'wall ms':>9} {'cpu ms':>9}")
+    for name in paths:
+        print(f"{name:<17} {statistics.median(wall[name]) * 1e3:>9.2f} {statistics.median(cpu[name]) * 1e3:>9.2f}")
+    ref, new = "numpy reference", "torch (colormae)"
+    print(f"speed-up torch vs numpy: wall {statistics.median(wall[ref]) / statistics.median(wall[new]):.2f}x, "
+          f"cpu {statistics.median(cpu[ref]) / statistics.median(cpu[new]):.2f}x")
 
 
 def sync(device: torch.device) -> None:
@@ -60,6 +141,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds; the median is reported")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS)
+    parser.add_argument("--block-reference", action="store_true",
+                        help="also time the block masker against the numpy implementation it replaced (CPU)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice); 1 is steadier on a shared machine")
     args = parser.parse_args()
@@ -97,6 +180,8 @@ def main() -> None:
         if peak is not None:
             line += f" {peak / 2 ** 20:>9.2f}"
         print(line)
+    if args.block_reference:
+        block_reference(args)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,30 @@
 """Mask invariants for every kind and source, MAE semantics, determinism, bank vs online, errors."""
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from colormae import COLORS, KINDS, make_masker, make_noise_bank, save_noise_bank
-from colormae.masks.maskers import _block_mask
+from colormae.masks.maskers import block_masks
+from colormae.masks.stats import visible_clusters
 
 CASES = [(k, "online") for k in KINDS] + [(c, "bank") for c in COLORS]
 
 
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
+
+
+def load_masking_benchmark():
+    """benchmarks/masking.py as a module (it holds the former numpy block masker, the reference)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "masking.py"
+    spec = importlib.util.spec_from_file_location("bench_masking", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 SHAPES = [(14, 0.75), (8, 0.75), (16, 0.6), (7, 0.9)]
@@ -106,12 +118,43 @@ def test_bank_and_online_give_the_same_statistics(color):
 
 
 def test_block_mask_is_blocky_and_exact():
-    rng = np.random.default_rng(0)
-    mask = _block_mask(14, 147, 16, rng)
-    assert 0 < mask.sum() <= 147
+    masked = block_masks(64, 14, 147, 16, generator=gen())
+    assert masked.shape == (64, 14, 14) and masked.dtype == torch.bool
+    assert (masked.sum((1, 2)) <= 147).all() and masked.sum((1, 2)).float().mean() > 140  # BEiT rarely stops short
+    assert torch.equal(masked, block_masks(64, 14, 147, 16, generator=gen()))  # the seed fixes the masks
+    assert not torch.equal(masked, block_masks(64, 14, 147, 16, generator=gen(1)))
     m = make_masker("block", 14)
     mask = m(8, generator=gen())[0]
     assert (mask.sum(1) == 147).all()
+
+
+def _block_statistics(masked: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per-sample statistics of BEiT masks [B, g, g] (before the fill) that the block shapes and
+    positions set: how many patches BEiT masked, the visible clusters, the mean run length of masked
+    patches along rows vs along columns (aspect), and how central the masked patches lie."""
+    m = masked.numpy()
+    g = m.shape[-1]
+
+    def mean_run(a):  # mean length of runs of True along the last axis
+        edges = np.diff(np.pad(a.astype(np.int8), [(0, 0), (0, 0), (1, 1)]), axis=-1)
+        return (a.sum((1, 2)) / np.maximum((edges == 1).sum((1, 2)), 1))
+    centre = np.abs(np.arange(g) - (g - 1) / 2)
+    return {"masked": m.sum((1, 2)), "clusters": visible_clusters(~masked, g)[1],
+            "aspect": np.log(mean_run(m.transpose(0, 2, 1)) / mean_run(m)),
+            "row_distance": (m.sum(2) * centre).sum(1) / m.sum((1, 2)),
+            "col_distance": (m.sum(1) * centre).sum(1) / m.sum((1, 2))}
+
+
+def test_block_masks_have_the_former_numpy_maskers_distribution():
+    """The batched torch masker draws another random stream than the numpy loop it replaced
+    (benchmarks/masking.py keeps that one as the reference): same seeds, other masks. Its
+    distribution must be the same: per-sample statistics of 2,000 masks each, two-sample KS tests."""
+    from scipy.stats import ks_2samp
+    reference = load_masking_benchmark().reference_block_masks
+    ours = _block_statistics(block_masks(2000, 14, 147, 16, generator=gen(5)))
+    theirs = _block_statistics(reference(2000, 14, 147, 16, generator=gen(6)))
+    for name in ours:
+        assert ks_2samp(ours[name], theirs[name]).pvalue > 1e-3, (name, ours[name].mean(), theirs[name].mean())
 
 
 def test_grid_keeps_one_of_every_2x2():

@@ -15,7 +15,6 @@ import math
 import os
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from ..files import project_path
@@ -36,45 +35,63 @@ def masks_from_scores(scores: torch.Tensor, n_keep: int) -> tuple[torch.Tensor, 
     return torch.gather(mask, 1, ids_restore), ids_keep, ids_restore
 
 
-def _numpy_rng(generator: torch.Generator | None) -> np.random.Generator:
-    """A numpy RNG seeded from ``generator`` (python loops draw many scalars; numpy is fast at that)."""
-    seed = torch.randint(0, 2 ** 62, (1,), generator=generator, device=_draw_device(generator)).item()
-    return np.random.default_rng(seed)
-
-
 def _draw_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _block_mask(grid: int, num_masked: int, min_patches: int, rng: np.random.Generator,
-                min_aspect: float = 0.3, attempts: int = 10) -> np.ndarray:
-    """BEiT's block-wise masking for one sample: random rectangles until ``num_masked`` are masked.
+# BEiT's block-wise masking draws up to this many candidate rectangles per block
+BLOCK_ATTEMPTS = 10
+# rounds (one block per sample each) between checks whether every sample is done: on CUDA a check
+# is a host sync, and the rounds after a sample is done leave it unchanged
+BLOCK_ROUNDS_PER_CHECK = 4
 
-    Like BEiT a block is only accepted if it does not overshoot the budget; BEiT may stop short,
-    and the caller fills the remainder at random so the count is exact.
-    """
-    mask = np.zeros((grid, grid), dtype=bool)
-    log_aspect = (math.log(min_aspect), math.log(1 / min_aspect))
-    count = 0
-    while count < num_masked:
-        budget = num_masked - count
-        delta = 0
-        for _ in range(attempts):
-            area = rng.uniform(min_patches, budget) if budget > min_patches else budget
-            aspect = math.exp(rng.uniform(*log_aspect))
-            h = int(round(math.sqrt(area * aspect)))
-            w = int(round(math.sqrt(area / aspect)))
-            if 0 < h < grid and 0 < w < grid:
-                top, left = rng.integers(0, grid - h + 1), rng.integers(0, grid - w + 1)
-                new = h * w - int(mask[top:top + h, left:left + w].sum())
-                if 0 < new <= budget:
-                    mask[top:top + h, left:left + w] = True
-                    delta = new
-                    break
-        if delta == 0:
-            break
-        count += delta
-    return mask
+
+def block_masks(batch: int, grid: int, num_masked: int, min_patches: int, min_aspect: float = 0.3,
+                generator: torch.Generator | None = None, attempts: int = BLOCK_ATTEMPTS) -> torch.Tensor:
+    """BEiT's block-wise masking [B, grid, grid] (True = masked) for a whole batch at once, on the
+    generator's device.
+
+    Per sample, as BEiT: rectangles are added one at a time; each block takes the first of
+    ``attempts`` candidates (area uniform in [min_patches, budget], or the budget when smaller;
+    log-uniform aspect in [min_aspect, 1 / min_aspect]; sides 0 < h, w < grid; a uniform position)
+    that masks at least one new patch without overshooting the budget; the sample stops when none
+    does or the budget is spent. BEiT may stop short; the caller fills the remainder at random, so
+    the count is exact. All samples draw their round together (a batch per tensor op, no python loop
+    over samples); a sample that is done draws but changes nothing."""
+    draw = _draw_device(generator)
+    mask = torch.zeros(batch, grid, grid, device=draw)  # 1.0 = masked
+    count = torch.zeros(batch, device=draw)
+    active = torch.ones(batch, dtype=torch.bool, device=draw)
+    lo, hi = math.log(min_aspect), math.log(1 / min_aspect)
+    ar = torch.arange(grid, device=draw, dtype=torch.float32)
+    per_check = 1 if draw.type == "cpu" else BLOCK_ROUNDS_PER_CHECK  # a check costs nothing on the CPU
+    while True:
+        for _ in range(per_check):
+            budget = (num_masked - count)[:, None]  # [B, 1]
+            u_area, u_aspect, u_top, u_left = torch.rand(4, batch, attempts, generator=generator, device=draw)
+            area = torch.where(budget > min_patches, min_patches + u_area * (budget - min_patches), budget)
+            aspect = torch.exp(lo + (hi - lo) * u_aspect)
+            h, w = torch.round(torch.sqrt(area * aspect)), torch.round(torch.sqrt(area / aspect))
+            fits = (h > 0) & (h < grid) & (w > 0) & (w < grid)
+            # a uniform integer in [0, grid - side]
+            top = torch.minimum(torch.floor(u_top * (grid - h + 1)), grid - h)
+            left = torch.minimum(torch.floor(u_left * (grid - w + 1)), grid - w)
+            # each candidate's rows and columns as 0/1 vectors: the masked patches inside it are
+            # rows^T mask cols (exact small integers in float32)
+            row_in = ((ar >= top[..., None]) & (ar < (top + h)[..., None])).float()  # [B, attempts, grid]
+            col_in = ((ar >= left[..., None]) & (ar < (left + w)[..., None])).float()
+            new = h * w - (torch.bmm(row_in, mask) * col_in).sum(-1)
+            ok = fits & (new > 0) & (new <= budget) & active[:, None]
+            accepted = ok.any(1)
+            first = ok.float().argmax(1, keepdim=True)  # the first candidate that is accepted
+            rows = row_in.gather(1, first[..., None].expand(-1, -1, grid))  # [B, 1, grid]
+            cols = col_in.gather(1, first[..., None].expand(-1, -1, grid))
+            taken = accepted.float()
+            mask = torch.maximum(mask, rows.transpose(1, 2) * cols * taken[:, None, None])
+            count = count + new.gather(1, first)[:, 0] * taken
+            active = active & accepted & (count < num_masked)
+        if not bool(active.any()):
+            return mask.bool()
 
 
 @dataclass
@@ -131,11 +148,9 @@ class Masker:
                   & ((yy[None, None, :] % 2) == phase[:, 1, None, None]))
             s = on.flatten(1).float() + 0.5 * torch.rand(b, L, generator=generator, device=draw)
         elif self.kind == "block":
-            rng = _numpy_rng(generator)
-            masked = np.stack([_block_mask(g, L - self.n_keep, self.params["min_block_patches"], rng,
-                                           self.params["min_aspect"]) for _ in range(b)])
-            # the fill below is drawn on the generator's device
-            s = torch.from_numpy(~masked.reshape(b, L)).float().to(draw)
+            masked = block_masks(b, g, L - self.n_keep, self.params["min_block_patches"], self.params["min_aspect"],
+                                 generator)
+            s = (~masked).flatten(1).float()
             s = s + 0.5 * torch.rand(b, L, generator=generator, device=draw)  # random fill if BEiT fell short
         elif self.source == "online":
             # A window of a bigger periodic canvas (see ``canvas``), so the mask does not wrap around.
