@@ -189,6 +189,7 @@ def _text_outputs(notebook: Path) -> str:
     return "".join("".join(o["text"]) if isinstance(o.get("text"), list) else o.get("text", "") for o in outputs)
 
 
+@pytest.mark.slow  # a clone and two notebooks: ~2 min on a quiet machine, 7 min on 2 busy cores
 def test_a_fresh_clone_keeps_its_committed_records(tmp_path, monkeypatch):
     """git clone, then the cheapest notebooks that write records (00: paper figures, 08: tables and
     Table 4's figure) and the record mechanism for a recomputed run and notebook 07's foreground
