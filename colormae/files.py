@@ -309,18 +309,22 @@ def _read_record(path: Path) -> Any:
     return path.read_text()
 
 
-def compare_records(written: str | os.PathLike, committed: str | os.PathLike) -> tuple[int, list[str]]:
+def compare_records(written: str | os.PathLike, committed: str | os.PathLike,
+                    since: float | None = None) -> tuple[int, list[str]]:
     """(files compared, differences): each file git tracks under folder ``committed`` that folder
     ``written`` also holds (same relative path), compared as a record: JSON / JSONL / CSV leaf by
     leaf (numbers to ``RECORD_RTOL``; timings and machine facts, ``VOLATILE_KEYS``, left out; paths
     into ``written`` read as paths into ``committed``), images pixel by pixel, other text exactly.
-    PDFs are not compared (the PNG twin is)."""
+    PDFs are not compared (the PNG twin is). ``since``: only files written at or after this time
+    (``time.time()``), e.g. by one notebook run into a mirror other runs also write to."""
     written, committed = project_path(written), project_path(committed)
     count, diffs = 0, []
     for name in committed_files(committed):
         rel = (ROOT / name).relative_to(committed)
         new_path = written / rel
         if new_path.suffix.lower() in _UNCOMPARED or not new_path.is_file():
+            continue
+        if since is not None and new_path.stat().st_mtime < since:
             continue
         count += 1
         found: list[str] = []

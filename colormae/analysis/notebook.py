@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -168,6 +169,8 @@ class Records:
     ``report()`` logs one line per such folder: reproduced, or what differs."""
     update: bool = False
     folders: dict[Path, Path] = field(default_factory=dict)  # written folder -> committed folder
+    # files older than this were written by other runs (1 s before: file times lag the clock by a tick)
+    started: float = field(default_factory=lambda: time.time() - 1.0)
 
     def dir(self, path: str | os.PathLike) -> Path:
         """The folder to write what belongs in ``path`` into."""
@@ -190,10 +193,10 @@ class Records:
         """One line per folder written beside a committed one (logged, and returned)."""
         lines = []
         for written, committed in self.folders.items():
-            count, diffs = compare_records(written, committed)
+            count, diffs = compare_records(written, committed, since=self.started)
             where, here = repo_relative(committed), repo_relative(written)
             if not count:
-                line = f"{where}: nothing here to compare with the committed record (written to {here})"
+                line = f"{where}: no file written here has a committed twin (written to {here})"
             elif not diffs:
                 line = (f"{where}: committed record reproduced ({count} file{'s' * (count != 1)} compared; this run's "
                         f"copy is in {here})")
