@@ -36,8 +36,9 @@ from colormae import make_masker
 from colormae.data import memory as inmemory
 from colormae.data.datasets import build_dataset, default_data_root, pretrain_transform
 from colormae.data.samplers import GlobalBatchSampler, SeededSamples
+from colormae.models.backbone import encoder_width_tokens
 from colormae.models.mae import mae_model
-from colormae.runtime import DistInfo, autocast, resolve_amp
+from colormae.runtime import DistInfo, autocast, cpu_has_native_bf16, resolve_amp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,10 +65,11 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
     size, B = model.cfg.img_size, args.batch
     masker = make_masker("green", model.cfg.grid, 0.75)
     gen = torch.Generator().manual_seed(0)
+    amp = resolve_amp(args.amp, device, encoder_width_tokens(model, masker.n_keep))  # "auto": by model size
 
     def step(imgs: torch.Tensor) -> None:
         mask, ids_keep, ids_restore = masker(B, generator=gen)
-        with autocast(args.amp, device):
+        with autocast(amp, device):
             loss, _, _ = model(imgs, (mask.to(device), ids_keep.to(device), ids_restore.to(device)))
         loss.backward()
         opt.step()
@@ -122,7 +124,9 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
     aug_ms = (time.perf_counter() - t) / 10 * 1e3
 
     base = B / statistics.median(times["model-only"])
-    print(f"\n{preset}  (CIFAR-10 train, batch {B}, {args.amp}, green masks, AdamW, {device}, "
+    print("\nmeasures: pretraining steps per second (green mask + forward + backward + AdamW) fed by each input "
+          "path; model-only = one resident batch (no input pipeline); 'vs model-only' = what the pipeline costs")
+    print(f"\n{preset}  (CIFAR-10 train, batch {B}, amp {amp}, green masks, AdamW, {device}, "
           f"{torch.get_num_threads()} threads, per-file workers {args.num_workers}, "
           f"{rounds} rounds x {args.steps} steps)")
     print(f"{'path':<12}{'img/s':>10}{'min':>9}{'max':>9}{'vs model-only':>16}")
@@ -162,6 +166,9 @@ def bench_gpu_decode(args, device: torch.device) -> None:
                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     gpu_loader = inmemory.GpuDecodeLoader(ds_bytes, sampler, inmemory.TrainAugment(size), device, num_workers=workers)
     print(f"synthetic JPEG folder {root}: {len(ds_files)} images ~320-640 px; batch {B}, {workers} workers, {device}")
+    print("measures: the input pipeline alone, one epoch per pass, no model: read + JPEG decode + MAE's "
+          "RandomResizedCrop(0.2-1, bicubic) + flip + normalize, on the device; cpu-workers = PIL in DataLoader "
+          "workers, gpu-decode = bytes from workers, torchvision decode_jpeg + TrainAugment on the device")
     results = {}
     for name, loader in (("cpu-workers", cpu_loader), ("gpu-decode", gpu_loader), ("cpu-workers", cpu_loader),
                          ("gpu-decode", gpu_loader)):
@@ -185,7 +192,7 @@ def main() -> None:
     p.add_argument("--presets", default="mae_vit_mini_patch4_32", help="comma-separated CPU presets")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
-                   help="auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (colormae.runtime.resolve_amp)")
+                   help="auto: colormae.runtime.resolve_amp (bf16 on CUDA; on a CPU by model size), per preset")
     p.add_argument("--rounds", type=int, default=5, help="at most; fewer when --budget-s would be exceeded")
     p.add_argument("--budget-s", type=float, default=150.0, help="time budget for the timed rounds (>= 1 round)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per segment")
@@ -206,11 +213,10 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    if device.type == "cpu" and args.amp == "bf16" and resolve_amp("auto", device) == "none":
+    if device.type == "cpu" and args.amp == "bf16" and not cpu_has_native_bf16():
         # measured on an AVX2-only EPYC: the mini preset's step ran at ~25 img/s in bf16, ~250 in fp32
         print("note: this CPU has no native bf16; autocast emulates it (~10x slower steps), which hides the "
               "input pipeline: compare with --amp auto (fp32 here)")
-    args.amp = resolve_amp(args.amp, device)
     if args.gpu_decode:
         args.num_workers = 8 if args.num_workers is None else args.num_workers
         bench_gpu_decode(args, device)
