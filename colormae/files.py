@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -202,18 +203,23 @@ RECORD_RTOL = 1e-4  # numbers that agree this closely reproduce the record (BLAS
 _UNCOMPARED = (".pdf",)  # vector twins of compared PNGs (fonts and layout metadata differ by version)
 
 
-def committed_files(path: str | os.PathLike) -> list[str]:
-    """The files git tracks at or under ``path``, repository-relative ([] outside a git checkout,
-    or when ``path`` lies outside the repository)."""
+def committed_files(path: str | os.PathLike) -> list[str] | None:
+    """The files git tracks at or under ``path``, repository-relative ([] when ``path`` lies outside
+    the repository); None when git cannot tell (no git, not a checkout, an index being rewritten:
+    tried twice), which ``record_dir`` treats as "maybe committed"."""
     rel = repo_relative(path)
     if rel is None or Path(rel).is_absolute():
         return []
-    try:
-        out = subprocess.run(["git", "ls-files", "-z", "--", rel], cwd=ROOT, capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [name for name in out.stdout.split("\0") if name] if out.returncode == 0 else []
+    for _ in range(2):
+        try:
+            out = subprocess.run(["git", "ls-files", "-z", "--", rel], cwd=ROOT, capture_output=True, text=True,
+                                 timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            return [name for name in out.stdout.split("\0") if name]
+        time.sleep(1)
+    return None
 
 
 def local_mirror(path: str | os.PathLike) -> Path:
@@ -230,9 +236,12 @@ def record_dir(path: str | os.PathLike, update: bool = False) -> Path:
     """Where a notebook writes what belongs in folder ``path``: ``path`` itself when ``update`` or
     when git tracks nothing under it; else its ``local_mirror`` (the committed files stay as they are)."""
     path = project_path(path)
-    if update or not committed_files(path):
+    if update:
         return path
-    return local_mirror(path)
+    committed = committed_files(path)
+    if committed is None:  # git cannot tell: whatever the folder holds is treated as a record
+        committed = [f for f in path.rglob("*") if f.is_file()] if path.is_dir() else []
+    return local_mirror(path) if committed else path
 
 
 def committed_spelling(text: str) -> str:
@@ -319,7 +328,7 @@ def compare_records(written: str | os.PathLike, committed: str | os.PathLike,
     (``time.time()``), e.g. by one notebook run into a mirror other runs also write to."""
     written, committed = project_path(written), project_path(committed)
     count, diffs = 0, []
-    for name in committed_files(committed):
+    for name in committed_files(committed) or []:
         rel = (ROOT / name).relative_to(committed)
         new_path = written / rel
         if new_path.suffix.lower() in _UNCOMPARED or not new_path.is_file():

@@ -130,6 +130,18 @@ def test_record_dir_mirrors_committed_folders_only(tmp_path):
     assert files.committed_files(files.LOCAL_RECORDS) == []  # the mirror itself is ignored (.gitignore)
 
 
+def test_record_dir_is_safe_when_git_cannot_answer(monkeypatch):
+    """Notebook 01 once wrote over its committed figures: git could not answer, and "no answer" read
+    as "nothing committed". Without an answer every file in the folder counts as a record."""
+    def fails(*args, **kwargs):
+        raise subprocess.TimeoutExpired("git", 120)
+    monkeypatch.setattr(files.subprocess, "run", fails)
+    monkeypatch.setattr(files.time, "sleep", lambda s: None)
+    assert files.committed_files("results/figures") is None
+    assert record_dir("results/figures") == files.LOCAL_RECORDS / "figures"
+    assert record_dir("results/no_such_record") == ROOT / "results" / "no_such_record"
+
+
 def _mirror_of(committed: str, tmp_path: Path) -> Path:
     """A copy of committed folder ``committed`` as a notebook would write it into its mirror."""
     out = tmp_path / "mirror"
