@@ -8,6 +8,7 @@ import sys
 from functools import partial
 from typing import Any, Callable, Sequence
 
+from .analysis import checkpoint_figures
 from .engines import submit
 from .engines.launch import ENGINES, engine_main, parse_engine_args
 from .experiments import grids, release, reproduce
@@ -28,6 +29,11 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], Any], str]] = {
     "submit": (submit.main, "run an engine on Slurm (or locally) through submitit"),
     "convert": (pretrained.main, "convert MAE weights: MAE, official ColorMAE, timm, Hugging Face and ours -> --to "
                                  "timm, hf, mae or colormae"),
+    "reconstruct": (checkpoint_figures.reconstruct_main, "Fig. 3 of any checkpoint with a decoder: original, "
+                                                         "masked and reconstructed rows per mask kind"),
+    "attention": (checkpoint_figures.attention_main, "Fig. 5 of any checkpoint: [CLS] attention maps and the "
+                                                     "Penn-Fudan foreground-attention fraction"),
+    "eigencam": (checkpoint_figures.eigencam_main, "Fig. 6 of any fine-tuned classifier: EigenCAM maps"),
 }
 
 
@@ -45,7 +51,9 @@ def parse_command(argv: Sequence[str]) -> Any:
         args = submit.build_parser().parse_args(ours)
         return args, parse_engine_args(args.job, job_argv)
     parsers = {"experiments": grids.build_parser, "reproduce": reproduce.build_parser, "weights": release.build_parser,
-               "convert": pretrained.build_parser}
+               "convert": pretrained.build_parser, "reconstruct": checkpoint_figures.build_reconstruct_parser,
+               "attention": checkpoint_figures.build_attention_parser,
+               "eigencam": checkpoint_figures.build_eigencam_parser}
     return parsers[command]().parse_args(rest)
 
 

@@ -24,6 +24,7 @@ from ..data.datasets import sample_images
 from ..data.dense import load_pennfudan
 from ..files import project_path
 from ..run.artifacts import grid_model
+from ..run.pretrained import load_pretrained
 from .figures import HELDOUT_NAMES, to_display
 
 log = logging.getLogger(__name__)
@@ -148,15 +149,21 @@ def plot_attention(imgs: torch.Tensor, maps: dict[str, torch.Tensor], *, title: 
 
 # -- notebook 07: Fig. 5 and the Penn-Fudan foreground fraction ----------------------------------
 
+def pennfudan_test_or_reason(root: str | os.PathLike | None = None) -> tuple[list, str | None]:
+    """(Penn-Fudan's test split, None), or ([], why it is unavailable)."""
+    try:
+        return load_pennfudan(root and str(project_path(root)), "test"), None
+    except (FileNotFoundError, ImportError) as err:
+        return [], f"Penn-Fudan unavailable ({err})"
+
+
 def pennfudan_test(root: str | os.PathLike | None = None) -> list:
     """Penn-Fudan's test split (``data.dense.load_pennfudan``), or [] with a warning when it is not
     available (Fig. 5 then shows two datasets and the foreground fraction is skipped)."""
-    try:
-        return load_pennfudan(root and str(project_path(root)), "test")
-    except (FileNotFoundError, ImportError) as err:
-        log.warning("Penn-Fudan unavailable (%s): Fig. 5 shows two datasets and the foreground fraction is "
-                    "skipped", err)
-        return []
+    samples, reason = pennfudan_test_or_reason(root)
+    if reason:
+        log.warning("%s: Fig. 5 shows two datasets and the foreground fraction is skipped", reason)
+    return samples
 
 
 def attention_groups(heldout: str, data_root: str | None, penn_test: Sequence, img_size: int, n: int
@@ -183,11 +190,35 @@ def plot_group_attention(models: dict[str, nn.Module], groups: dict[str, torch.T
     return plot_attention(imgs, maps, col_titles=col_titles, title=title)
 
 
+def batched_cls_attention(model: nn.Module, imgs: torch.Tensor, batch_size: int = 16) -> torch.Tensor:
+    """``cls_attention`` in batches (a ViT-B's [B, heads, 197, 197] probabilities for 50 images at once
+    would hold ~90 MB per block)."""
+    return torch.cat([cls_attention(model, chunk) for chunk in imgs.split(batch_size)])
+
+
+def model_foreground_attention(model: nn.Module, samples: Sequence, img_size: int) -> dict:
+    """The fraction of one encoder's [CLS] attention on person pixels of Penn-Fudan ``samples`` (images
+    and instance masks resized whole to ``img_size``; masks at >= 128 px so boundary patches count their
+    share), beside a uniform map's (the person area share). Returns ``images``, ``fraction`` (mean),
+    ``std over images``, ``uniform`` (mean) and ``per_image`` (the fractions)."""
+    imgs, fg = resize_batch([s.image for s in samples], [s.instances for s in samples], img_size,
+                            mask_scale=max(1, 128 // img_size))
+    maps = batched_cls_attention(model, imgs)
+    frac = foreground_fraction(maps, fg)
+    uniform = foreground_fraction(torch.ones_like(maps), fg)
+    return {"images": len(samples), "fraction": float(frac.mean()),
+            "std over images": float(frac.std()) if len(frac) > 1 else 0.0,
+            "uniform": float(uniform.mean()), "per_image": [round(float(v), 6) for v in frac]}
+
+
 def foreground_attention(grid_dir: str | os.PathLike, masks: Sequence[str], seeds: Sequence[int],
-                         samples: Sequence, img_size: int, grid: int) -> dict:
+                         samples: Sequence, img_size: int, grid: int, *,
+                         checkpoints: dict[str, str] | None = None) -> dict:
     """The fraction of each grid encoder's [CLS] attention on person pixels of Penn-Fudan
     ``samples`` (resized whole to ``img_size``), per mask and grid seed (missing seeds skipped),
-    beside a uniform ``grid`` x ``grid`` map's (the person area share).
+    beside a uniform ``grid`` x ``grid`` map's (the person area share). A mask of ``checkpoints``
+    (label -> file, ``figures.checkpoint_map``) is measured on that file's model instead, under
+    the seed name "checkpoint".
 
     Returns ``images``, ``uniform`` (its mean), ``per_mask_per_seed`` (mask -> seed -> mean) and
     ``rows``, a table: the uniform map, then per mask its seeds, the mean over images and seeds
@@ -196,10 +227,13 @@ def foreground_attention(grid_dir: str | os.PathLike, masks: Sequence[str], seed
     uniform = foreground_fraction(torch.ones(len(samples), grid, grid), fg)
     rows = {"uniform map (person area share)": {"seeds": "-", "mean": float(uniform.mean()),
                                                 "std over images": float(uniform.std())}}
-    fractions = {}
+    fractions, checkpoints = {}, checkpoints or {}
     for m in masks:
         per_seed = {}
-        for s in seeds:
+        if m in checkpoints:
+            per_seed["checkpoint"] = foreground_fraction(batched_cls_attention(load_pretrained(checkpoints[m]), imgs),
+                                                         fg)
+        for s in () if m in checkpoints else seeds:
             try:
                 model, _ = grid_model(grid_dir, m, s)
             except FileNotFoundError:

@@ -4,6 +4,9 @@ EigenCAM (Muhammad & Yeasin 2020) projects a layer's activations on their first 
 component: class-agnostic, no gradients. For a ViT the layer is the last block's ``norm1`` (the
 library's documented choice) and the tokens [B, 1 + g*g, D] are reshaped to a [B, D, g, g] map
 with the library's own ``vit_reshape_transform`` (the [CLS] token dropped).
+
+Classifiers come from our fine-tuning runs or from any fine-tuned file ``load_pretrained`` reads (MAE
+fine-tuned ``fc_norm`` / ``head``, official ColorMAE / mmpretrain ``backbone.ln2`` / ``head.fc``, timm).
 """
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ import torch
 import torch.nn as nn
 
 from ..files import load_checkpoint, project_path
-from ..models.mae import export_encoder, timm_vit_from_export
+from ..models.convert import canonical_state, canonical_to_timm
+from ..models.mae import TIMM_BASE_NAME, MaskedAutoencoder, export_encoder, timm_kwargs, timm_vit_from_export
 from ..run.artifacts import CLASSIFIER
+from ..run.pretrained import HF_WEIGHTS, load_pretrained
 from ..run.rundir import LAST
 from .figures import to_display
 
@@ -33,13 +38,51 @@ def classifier_file(run_dir: str | os.PathLike) -> Path | None:
     return next((p for p in (run_dir / LAST, run_dir / CLASSIFIER) if p.is_file()), None)
 
 
-def load_classifier(path: str | os.PathLike) -> nn.Module:
-    """The timm ViT of a fine-tuning run (``colormae.engines.finetune``, protocol ``finetune``): its run
-    directory (see ``classifier_file``) or a checkpoint file. In eval mode, fp32, on the CPU."""
+OUR_CLASSIFIER_KEYS = ("model", "timm_name", "timm_kwargs", "num_classes")  # colormae.engines.finetune's checkpoints
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is one of our fine-tuning checkpoints (else another format ``load_pretrained`` reads)."""
+    if path.suffix == ".safetensors" or not path.is_file():
+        return False
+    try:
+        load_checkpoint(path, required=OUR_CLASSIFIER_KEYS)
+    except ValueError:  # another layout (or unreadable: load_pretrained then names the problem)
+        return False
+    return True
+
+
+class NoClassifierHead(ValueError):
+    """A file without a classifier head, where EigenCAM wants a fine-tuned classifier."""
+
+
+def classifier_from_mae(model: MaskedAutoencoder) -> nn.Module:
+    """A stock timm ViT classifier (eval mode) of a loaded fine-tuned file: its encoder and ``model.classifier``
+    (``head``, and ``fc_norm`` = timm's ``global_pool='avg'``, as MAE fine-tunes). A file without a head is an
+    error."""
+    head = model.classifier.get("head.weight")
+    if head is None:
+        raise NoClassifierHead(f"{model.source} (format {model.source_format!r}) has no classifier head (head.weight / "
+                         "head.fc): EigenCAM (Fig. 6) is for fine-tuned classifiers; a pretrained encoder only "
+                         "stands in for one (colormae eigencam --stand-in)")
+    pool = "avg" if "fc_norm.weight" in model.classifier else "token"
+    vit = timm.create_model(TIMM_BASE_NAME, pretrained=False, num_classes=head.shape[0], global_pool=pool,
+                            **timm_kwargs(model.cfg))
+    vit.load_state_dict(canonical_to_timm(canonical_state(model), model.classifier))
+    return vit.eval()
+
+
+def load_classifier(path: str | os.PathLike, *, num_heads: int | None = None) -> nn.Module:
+    """The timm ViT classifier (eval mode, fp32, on the CPU) of a fine-tuning run (``colormae.engines.finetune``,
+    protocol ``finetune``: its run directory, see ``classifier_file``, or a checkpoint file), or of any fine-tuned
+    file or folder ``load_pretrained`` reads (``classifier_from_mae``; ``num_heads`` where the file does not
+    record them)."""
     path = project_path(path)
-    if path.is_dir():
-        path = classifier_file(path) or path / LAST
-    ckpt = load_checkpoint(path, required=("model", "timm_name", "timm_kwargs", "num_classes"))
+    if path.is_dir() and not any((path / n).is_file() for n in HF_WEIGHTS):
+        path = classifier_file(path) or path  # no classifier there: load_pretrained says what the folder lacks
+    if not _ours(path):
+        return classifier_from_mae(load_pretrained(path, num_heads=num_heads))
+    ckpt = load_checkpoint(path, required=OUR_CLASSIFIER_KEYS)
     state = ckpt["model"]
     if "head.0.running_mean" in state:  # evaluate.LinearProbe: BatchNorm then Linear
         raise ValueError(f"{path} is a linear probe; EigenCAM needs a fine-tuned classifier (protocol 'finetune')")
@@ -108,20 +151,26 @@ def encoder_as_vit(mae: nn.Module) -> nn.Module:
     return vit.eval()
 
 
-def fig6_classifiers(models: dict[str, nn.Module], finetune_dirs: dict[str, str], sources: dict[str, str]
-                     ) -> tuple[dict[str, nn.Module], dict[str, str]]:
+def fig6_classifiers(models: dict[str, nn.Module], finetune_dirs: dict[str, str], sources: dict[str, str], *,
+                     checkpoints: dict[str, str] | None = None) -> tuple[dict[str, nn.Module], dict[str, str]]:
     """Fig. 6's classifiers by row label: per mask of ``models`` (mask -> pretrained MAE) its
     fine-tuning run in ``finetune_dirs`` when that holds a classifier, else the pretrained encoder as
-    a stand-in (with a warning). Also returns, per mask, where each came from (``sources``: the
-    MAEs' own)."""
+    a stand-in (with a warning). A mask of ``checkpoints`` (label -> file, ``figures.checkpoint_map``)
+    uses its own file instead: the file's classifier when it is a fine-tuned one, else the stand-in
+    (``finetune_dirs`` are the grid's, not the file's). Also returns, per mask, where each came from
+    (``sources``: the MAEs' own)."""
     classifiers, used = {}, {}
     for m, mae in models.items():
-        run = project_path(finetune_dirs[m]) if finetune_dirs.get(m) else None
+        if m in (checkpoints or {}) and "head.weight" in getattr(mae, "classifier", {}):
+            classifiers[f"{m}\n(fine-tuned)"], used[m] = classifier_from_mae(mae), str(checkpoints[m])
+            continue
+        run = project_path(finetune_dirs[m]) if finetune_dirs.get(m) and m not in (checkpoints or {}) else None
         if run is not None and classifier_file(run) is not None:
             classifiers[f"{m}\n(fine-tuned)"], used[m] = load_classifier(run), str(finetune_dirs[m])
         else:
-            log.warning("%s: no fine-tuned run at %s; using the pretrained encoder as a stand-in", m,
-                        finetune_dirs.get(m))
+            log.warning("%s: %s; using the pretrained encoder as a stand-in", m,
+                        f"{checkpoints[m]} has no classifier head" if m in (checkpoints or {})
+                        else f"no fine-tuned run at {finetune_dirs.get(m)}")
             classifiers[f"{m}\n(stand-in: not\nfine-tuned)"] = encoder_as_vit(mae)
             used[m] = f"stand-in: pretrained encoder {sources[m]}"
     return classifiers, used

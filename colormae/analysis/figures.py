@@ -21,10 +21,11 @@ from matplotlib.figure import Figure
 from ..data.datasets import build_dataset, sample_images
 from ..engines import detect
 from ..engines.segment import load_segmenter, predict_labels
-from ..masks.maskers import make_masker, masker_from_description
+from ..masks.maskers import KINDS, make_masker, masker_from_description
 from ..masks.noise import COLORS, color_noise, radial_spectrum
 from ..models.mae import MaskedAutoencoder, reconstruct
 from ..run.artifacts import grid_model, load_mae
+from ..run.pretrained import load_pretrained
 from ..run.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -319,13 +320,39 @@ def heldout_dataset(data_root: str | None = None) -> str:
         return "embedded"
 
 
-def grid_models(grid_dir: str | Path, masks: Sequence[str], seed: int = 0
-                ) -> tuple[dict[str, MaskedAutoencoder], dict[str, str]]:
+def checkpoint_map(checkpoint: str | Path | None, checkpoints: dict[str, str] | None, labels: Sequence[str]
+                   ) -> dict[str, str]:
+    """Notebook 07's ``checkpoint`` / ``checkpoints`` parameters as one label -> path map, labels checked.
+
+    Every label (of ``labels``, the figures' rows, and of ``checkpoints``) must be a mask kind: each row
+    reconstructs under its own label's mask. ``checkpoint`` (one file for every label) and ``checkpoints``
+    (mask label -> file, the other labels keep the grid's models) exclude each other; neither: {}."""
+    checkpoints = dict(checkpoints or {})
+    bad = [m for m in [*labels, *checkpoints] if m not in KINDS]
+    if bad:
+        raise ValueError(f"unknown mask label(s) {sorted(set(bad))} (masks, attention_masks or checkpoints keys); "
+                         f"allowed values: {', '.join(KINDS)}")
+    if checkpoint is not None and checkpoints:
+        raise ValueError("checkpoint (one file for every label) and checkpoints (mask label -> file) exclude each "
+                         "other; set one of them")
+    return {m: str(checkpoint) for m in dict.fromkeys(labels)} if checkpoint is not None else checkpoints
+
+
+def grid_models(grid_dir: str | Path, masks: Sequence[str], seed: int = 0, *,
+                checkpoints: dict[str, str] | None = None) -> tuple[dict[str, MaskedAutoencoder], dict[str, str]]:
     """The grid's pretrained MAE of each of ``masks`` (``run.artifacts.grid_model``) and where each
-    was read from. Missing ones are left out with a warning (a grid still running); none at all is
-    a FileNotFoundError."""
-    models, sources, missing = {}, {}, []
+    was read from; a label of ``checkpoints`` (label -> any file ``load_pretrained`` reads, see
+    ``checkpoint_map``) is that file's model instead (one model per distinct file). Missing grid
+    models are left out with a warning (a grid still running); none at all is a FileNotFoundError,
+    and models of different image sizes a ValueError (every row shows the same images)."""
+    models, sources, missing, loaded = {}, {}, [], {}
     for m in dict.fromkeys(masks):
+        if m in (checkpoints or {}):
+            path = checkpoints[m]
+            if path not in loaded:
+                loaded[path] = load_pretrained(path)
+            models[m], sources[m] = loaded[path], str(path)
+            continue
         try:
             models[m], sources[m] = grid_model(grid_dir, m, seed)
         except FileNotFoundError:
@@ -334,6 +361,10 @@ def grid_models(grid_dir: str | Path, masks: Sequence[str], seed: int = 0
         log.warning("no model yet for %s (colormae experiments cifar10-grid16): left out below", missing)
     if not models:
         raise FileNotFoundError(f"no pretrained model in {grid_dir}: run colormae experiments cifar10-grid16")
+    sizes = {m: model.cfg.img_size for m, model in models.items()}
+    if len(set(sizes.values())) > 1:
+        raise ValueError(f"the models have different image sizes {sizes}: the figures show every model the same "
+                         "images; choose checkpoints of one image size")
     return models, sources
 
 
@@ -367,7 +398,10 @@ def plot_grid_reconstructions(models: dict[str, MaskedAutoencoder], heldout: str
     """Fig. 3 by file name: ``fig3_reconstructions`` on the held-out set (``heldout_dataset``) and,
     when that is CIFAR-10, ``fig3_reconstructions_photos`` on the embedded photographs."""
     img_size = next(iter(models.values())).cfg.img_size
-    title = "{}: each mask's model under its own mask, 75 % masked (norm-pix, de-normalized)"
+    targets = {m.cfg.norm_pix_loss for m in models.values()}
+    target = ("norm-pix, de-normalized" if targets == {True} else "raw-pixel target" if targets == {False}
+              else "norm-pix models de-normalized")
+    title = "{}: each mask's model under its own mask, 75 % masked (" + target + ")"
     sets = {"fig3_reconstructions": (heldout, data_root)}
     if heldout != "embedded":
         sets["fig3_reconstructions_photos"] = ("embedded", None)
