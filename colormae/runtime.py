@@ -234,10 +234,11 @@ class _StdoutHandler(logging.StreamHandler):
 
 class _ShortFormatter(logging.Formatter):
     """The message alone for INFO and below; ``WARNING: message`` (etc.) above. Paths inside the
-    repository are shown relative to it (saved notebook outputs hold no machine paths)."""
+    repository and beside it (../shared/data) are shown relative to it: saved notebook outputs hold
+    no machine paths."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record).replace(f"{ROOT}{os.sep}", "")
+        text = super().format(record).replace(f"{ROOT}{os.sep}", "").replace(f"{ROOT.parent}{os.sep}", f"..{os.sep}")
         return text if record.levelno <= logging.INFO else f"{record.levelname}: {text}"
 
 

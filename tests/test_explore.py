@@ -207,8 +207,10 @@ def test_notebook_logging_writes_short_lines_to_stdout(clean_colormae_logger, ca
     log.info("made a bank")
     log.warning("careful")
     log.info("saved %s", ROOT / "paper_figures" / "fig1.png")  # no machine path in a saved output
+    log.info("decoded %s", ROOT.parent / "shared" / "data" / "x.tar")
     out, err = capsys.readouterr()
-    assert out == "made a bank\nWARNING: careful\nsaved paper_figures/fig1.png\n" and err == ""
+    assert out == "made a bank\nWARNING: careful\nsaved paper_figures/fig1.png\ndecoded ../shared/data/x.tar\n"
+    assert err == ""
 
 
 def test_notebook_09_is_thin():
