@@ -266,6 +266,9 @@ def test_notebook_models_from_checkpoints(tmp_path, caplog):
                                              checkpoints=ckpts)
     assert list(classifiers) == ["green\n(fine-tuned)", "random\n(stand-in: not\nfine-tuned)"]
     assert used == {"green": str(tmp_path / "ft.pth"), "random": f"stand-in: pretrained encoder {sources['random']}"}
+    assert cam.load_classifier(tmp_path / "grid_finetune", num_heads=2).num_classes == 3  # the recorded heads
+    with pytest.raises(ValueError, match="num_heads=4: .* records its heads"):
+        cam.load_classifier(tmp_path / "grid_finetune", num_heads=4)  # not silently ignored
     assert "has no classifier head" in caplog.text
     samples = [type("S", (), {"image": torch.randint(0, 255, (3, 32, 32), dtype=torch.uint8),
                               "instances": (torch.arange(32) < 16).long().expand(32, 32)})() for _ in range(2)]

@@ -83,6 +83,10 @@ def load_classifier(path: str | os.PathLike, *, num_heads: int | None = None) ->
     if not _ours(path):
         return classifier_from_mae(load_pretrained(path, num_heads=num_heads))
     ckpt = load_checkpoint(path, required=OUR_CLASSIFIER_KEYS)
+    recorded = ckpt["timm_kwargs"].get("num_heads")
+    if num_heads is not None and num_heads != recorded:  # an ignored flag would be a silent wrong answer
+        raise ValueError(f"num_heads={num_heads}: {path} records its heads ({recorded}); the override is for files "
+                         "that do not record them")
     state = ckpt["model"]
     if "head.0.running_mean" in state:  # evaluate.LinearProbe: BatchNorm then Linear
         raise ValueError(f"{path} is a linear probe; EigenCAM needs a fine-tuned classifier (protocol 'finetune')")
