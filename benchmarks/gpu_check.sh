@@ -13,7 +13,9 @@
 #    images/s, peak memory, color/random ratio, model FLOP utilization;
 # 4. a short real run of the pretraining CLI on CUDA (bf16, embedded data, 20 steps) and its summary.json;
 # 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (only where benchmarks/pipeline.py exists);
-# 6. ViT-B UperNet at 512 px (benchmarks/gpu_segment.py); 7. ViT-B Mask R-CNN at 1024 px (gpu_detect.py).
+# 6. ViT-B UperNet at 512 px (benchmarks/gpu_segment.py); 7. ViT-B Mask R-CNN at 1024 px (gpu_detect.py);
+# 8. the real pretraining loop vs the bare step, ViT-B/16 batch 256 bf16, eager and --compile: img/s,
+#    real/bare, MFU; peak memory at batch 256 and 512 (benchmarks/loop.py).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
@@ -132,7 +134,7 @@ TAIL=6 run "$name" 60 "$log" bash -c '
 import json, math, pathlib, sys
 run = pathlib.Path(sys.argv[1])
 s = json.loads((run / "summary.json").read_text())
-# 20 steps are less than an epoch, so the summary's final_loss (a last-epoch mean) is None: check the log
+# 20 steps are less than an epoch, so final_loss in the summary (a last-epoch mean) is None: check the log
 last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
 print({k: s.get(k) for k in ("steps", "images_per_s", "peak_memory_bytes")}, "last logged", last)
 ok = s.get("steps") == 20 and last.get("step") == 20 and math.isfinite(last.get("loss", math.nan))
@@ -169,6 +171,15 @@ TAIL=12 run "$name" 120 "$log" "$PY" benchmarks/gpu_detect.py --device cuda --ba
 v=$(verdict)
 if [ -z "$v" ] && ! grep -q "^detection summary:" "$log"; then v="FAIL (no summary line in the log)"; fi
 record "$name" "${v:-PASS (${took}s; $(grep '^detection summary:' "$log" | cut -c 20-120))}"
+
+# 8. real loop vs bare step, ViT-B/16 batch 256 bf16, eager and compiled; peak memory at 256 and 512
+name="8. real loop vs bare, ViT-B b256"
+log="$out/8_loop_vitb_cuda.txt"
+TAIL=16 run "$name" 240 "$log" "$PY" benchmarks/loop.py --device cuda --preset mae_vit_base_patch16 --batch 256 \
+  --amp bf16 --data embedded --compile --rounds 2 --steps 20 --warmup 20 --log-every 10 --memory-batches 256,512
+v=$(verdict)
+if [ -z "$v" ] && [ "$(grep -c '^loop summary' "$log")" -ne 2 ]; then v="FAIL (no eager and compiled summary lines)"; fi
+record "$name" "${v:-PASS (${took}s; $(grep '^loop summary' "$log" | sed -E 's/.*\((.*)\): real ([0-9.]+) img.*real\/bare ([0-9.]+), MFU real (.*)/\1 \2 img\/s x\3 MFU \4/' | paste -sd ';' -))}"
 
 { echo
   echo "gpu_check summary: $failed failed, $((SECONDS - start))s of steps (budget ${BUDGET}s); logs in $out/"

@@ -1,6 +1,7 @@
 """The benchmark scripts' command lines (nothing heavy is timed here)."""
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+MICRO_PRESET = "mae_vit_micro_patch4_32"
 
 
 def load_script(name: str):
@@ -140,3 +142,33 @@ def test_pack_tars_round_trip_keeps_every_member_byte_for_byte(tmp_path, capsys)
     with pytest.raises(SystemExit) as e:
         pack_tars.main(["pack", str(tmp_path / "nowhere"), str(tmp_path / "x.pkl.xz")])
     assert e.value.code == 2 and "src=" in capsys.readouterr().err
+
+
+def test_loop_benchmark_smoke_prints_rates_ratio_and_mfu(monkeypatch, capsys, tmp_path):
+    """benchmarks/loop.py on the CPU, tiny: the bare and the real loop's img/s, their ratio, FLOPs and
+    the peak (n/a on a CPU), and one summary line whose ratio is its own two rates' (gpu_check greps it)."""
+    loop = load_script("loop")
+    monkeypatch.setenv("COLORMAE_CACHE", str(tmp_path / "cache"))
+    argv = ["--device", "cpu", "--preset", MICRO_PRESET, "--batch", "8", "--steps", "2", "--warmup", "2",
+            "--log-every", "2", "--rounds", "1", "--data", "embedded", "--threads", "1"]
+    threads = torch.get_num_threads()
+    try:
+        loop.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert re.search(r"model FLOPs per step: [0-9.]+ GFLOP", out) and "peak: n/a" in out, out
+    header = next(ln for ln in out.splitlines() if ln.startswith("path"))
+    assert header.split() == ["path", "img/s", "min", "max", "real/bare", "TFLOP/s", "MFU", "peak", "MiB"]
+    m = re.search(r"loop summary \(eager\): real ([0-9.]+) img/s, bare ([0-9.]+) img/s, real/bare ([0-9.]+), "
+                  r"MFU real n/a", out)
+    assert m, out
+    real, bare, ratio = map(float, m.groups())
+    assert real > 0 and bare > 0 and abs(ratio - real / bare) < 2e-3
+    rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.startswith(("bare ", "real "))}
+    assert float(rows["real"][1]) == real and float(rows["bare"][1]) == bare and float(rows["real"][4]) == ratio
+    for bad, message in ((["--steps", "3"], "multiples of --log-every"), (["--memory-batches", "2x"], "integers"),
+                         (["--compile-mode", "reduce-overhead"], "without --compile")):
+        with pytest.raises(SystemExit) as e:
+            loop.parse_args([*argv, *bad])
+        assert e.value.code == 2 and message in capsys.readouterr().err

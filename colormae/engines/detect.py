@@ -36,7 +36,7 @@ from ..models.vitdet import backbone_from_export, build_maskrcnn
 from ..run.artifacts import load_encoder
 from ..run.config import RunConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST, RunDir
-from ..run.scaffold import start_run
+from ..run.scaffold import adamw_impl, adamw_options, start_run
 from ..runtime import Timer, autocast, grad_scaler, seed_step, wrap_ddp
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,8 @@ def run(cfg: DetectConfig) -> dict:
         torch.manual_seed(cfg.seed)  # pyramid and head init
         model = build_model(export, len(train_set.cat_ids), cfg).to(device)
         lr = cfg.blr * global_batch / 256
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=lr)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_decay), lr=lr,
+                                      **adamw_options(device))
         scheduler = MultiStepLRScheduler(optimizer, [round(f * total_steps) for f in DECAY_AT], 0.1,
                                          warmup_t=min(cfg.warmup_steps, total_steps - 1), warmup_lr_init=lr * 1e-3,
                                          warmup_prefix=False, t_in_epochs=False)
@@ -304,7 +305,7 @@ def run(cfg: DetectConfig) -> dict:
                 scheduler.step_update(num_updates=step)
                 head_lr = max(g["lr"] for g in optimizer.param_groups)  # pyramid and heads: no layer decay
                 r.log_step(step, epoch + batch_in_epoch / steps_per_epoch, loss, head_lr, len(images) * info.world_size,
-                           **{k: v.item() for k, v in losses.items()})
+                           **losses)  # tensors: read at the log steps only
                 if step < total_steps and r.should_stop(step):
                     stop = True
                     break
@@ -327,7 +328,8 @@ def run(cfg: DetectConfig) -> dict:
         summary = r.summary_base(
             total_steps, step, finished, **ap, eval_wall_s=eval_timer.elapsed, data=cfg.data,
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")}, global_batch=global_batch,
-            lr=lr, num_classes=len(train_set.cat_ids), num_train=len(train_set), num_test=len(test_set),
+            lr=lr, adamw=adamw_impl(device), num_classes=len(train_set.cat_ids), num_train=len(train_set),
+            num_test=len(test_set),
             skipped_annotations={"train": train_set.skipped, "test": test_set.skipped},
             num_params=sum(p.numel() for p in model.parameters()))
         return r.finish(summary)

@@ -44,8 +44,8 @@ from ..data.memory import TrainAugment
 from ..models.backbone import encoder_width_tokens, export_width_tokens
 from ..models.mae import timm_vit_from_export
 from ..run.artifacts import load_encoder
-from ..run.config import EngineConfig, check_choice, check_positive, knob
-from ..run.scaffold import cosine_schedule, start_run
+from ..run.config import EngineConfig, check_choice, check_positive, compile_knob, compile_mode_knob, knob
+from ..run.scaffold import adamw_impl, adamw_options, compile_model, cosine_schedule, start_run
 from ..runtime import DistInfo, Timer, autocast, grad_scaler, seed_step, wrap_ddp
 from .frozen import (
     POOLS,
@@ -103,6 +103,8 @@ class FinetuneConfig(EngineConfig):
     weight_decay: float | None = knob(None, "default finetune 0.05, probes 0", group="optimization")
     min_lr: float = knob(1e-6, "cosine schedule floor", group="optimization")
     layer_decay: float = knob(0.65, "finetune: layer-wise lr decay", group="optimization")
+    compile: bool = compile_knob()
+    compile_mode: str = compile_mode_knob()
     output_dir: str = knob("results/finetune/default", "the run directory (relative paths: from the repository "
                            "root)", experiment=False, path=True)
 
@@ -244,7 +246,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             # layer-wise lr decay: timm groups ViT parameters by depth and sets each group's lr_scale, which
             # its schedulers multiply in; no weight decay on norms, biases, pos_embed and cls_token
             optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay,
-                                            layer_decay=cfg.layer_decay)
+                                            layer_decay=cfg.layer_decay, **adamw_options(device))
             if cfg.mixup > 0 or cfg.cutmix > 0:
                 mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.smoothing,
                               num_classes=n_cls)
@@ -269,6 +271,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             evals = ckpt["evals"]
             scheduler.step_update(num_updates=step)
         ddp_model = wrap_ddp(model, info, device)
+        forward = compile_model(ddp_model, cfg.compile, cfg.compile_mode)  # training forward; eval: model
         r.start_logging(cfg, step, total_steps, cfg.protocol)
 
         def state() -> dict:
@@ -290,7 +293,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
                 if mixup is not None:
                     imgs, targets = mixup(imgs, targets)
                 with autocast(amp, device):
-                    loss = criterion(ddp_model(imgs), targets)
+                    loss = criterion(forward(imgs), targets)
                 r.optimizer_step(loss, epoch, step, optimizer, scaler)
                 step, batch_in_epoch = step + 1, batch_in_epoch + 1
                 scheduler.step_update(num_updates=step)
@@ -303,6 +306,7 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
                     r.save(state)
             if not stop:
                 epoch, batch_in_epoch = epoch + 1, 0
+                r.read_losses()  # a bad loss stops here, before an evaluation of its weights is recorded
                 ev = run_eval()
                 evals.append({"epoch": epoch, "step": step, **ev})
                 if info.is_main:
@@ -320,6 +324,8 @@ def train_classifier(cfg: FinetuneConfig) -> dict:
             total_steps, step, finished, pipeline=pipeline, protocol=cfg.protocol, top1=final["top1"],
             top5=final["top5"],
             best_top1=max([e["top1"] for e in evals] + [final["top1"]]), final_eval=final, evals=evals,
+            compile=cfg.compile_mode if cfg.compile else "off",
+            **({"adamw": adamw_impl(device)} if cfg.protocol == "finetune" else {}),
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
             global_batch=global_batch, lr=lr, num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),
             missing_keys=list(load_result.missing_keys), num_params=sum(p.numel() for p in model.parameters()),

@@ -27,10 +27,10 @@ from ..masks.noise import color_params
 from ..masks.schedule import masker_for_epoch, parse_mask_params, parse_mask_schedule
 from ..models.backbone import encoder_width_tokens
 from ..models.mae import PRESETS, MaskedAutoencoder, export_encoder, get_config
-from ..run.config import EngineConfig, check_choice, check_positive, knob
+from ..run.config import EngineConfig, check_choice, check_positive, compile_knob, compile_mode_knob, knob
 from ..run.pretrained import init_from_pretrained
 from ..run.rundir import ENCODER, LAST
-from ..run.scaffold import cosine_schedule, start_run
+from ..run.scaffold import adamw_impl, adamw_options, compile_model, cosine_schedule, start_run
 from ..runtime import autocast, grad_scaler, wrap_ddp
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,8 @@ class PretrainConfig(EngineConfig):
     min_lr: float = knob(0.0, "cosine schedule floor", group="optimization")
     weight_decay: float = knob(0.05, "AdamW weight decay", group="optimization")
     warmup_epochs: float = knob(1.0, "linear warmup epochs", group="optimization")
+    compile: bool = compile_knob()
+    compile_mode: str = compile_mode_knob()
     output_dir: str = knob("results/pretrain/default", "the run directory (relative paths: from the repository "
                            "root)", experiment=False, path=True)
 
@@ -158,7 +160,8 @@ def run(cfg: PretrainConfig) -> dict:
         model = model.to(device)
         eff_batch = global_batch * cfg.accum_iter
         lr = cfg.blr * eff_batch / 256
-        optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+        optimizer = create_optimizer_v2(model, opt="adamw", lr=lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95),
+                                        **adamw_options(device))
         scheduler = cosine_schedule(optimizer, total_steps, int(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr)
         # the precision, resolved once for the encoder's kept tokens (and recorded)
         amp = r.precision(encoder_width_tokens(model, maskers[0][1].n_keep))
@@ -168,6 +171,7 @@ def run(cfg: PretrainConfig) -> dict:
 
         step, epoch, batch_in_epoch, _ = r.restore(("mae_config",), model, optimizer, scaler, mask_gen)
         ddp_model = wrap_ddp(model, info, device)
+        forward = compile_model(ddp_model, cfg.compile, cfg.compile_mode)  # forward + loss
         r.start_logging(cfg, step, total_steps, "pretrain")
 
         def state() -> dict:
@@ -187,7 +191,7 @@ def run(cfg: PretrainConfig) -> dict:
                 # DDP decides in forward whether backward all-reduces: skip it on accumulation micro-steps
                 no_sync = ddp_model.no_sync() if (ddp_model is not model and not boundary) else contextlib.nullcontext()
                 with no_sync, autocast(amp, device):
-                    loss, _, _ = ddp_model(imgs, (mask[sl], ids_keep[sl], ids_restore[sl]))
+                    loss, _, _ = forward(imgs, (mask[sl], ids_keep[sl], ids_restore[sl]))
                 r.check_loss(loss, epoch, step)
                 scaler.scale(loss / cfg.accum_iter).backward()
                 batch_in_epoch += 1
@@ -218,7 +222,8 @@ def run(cfg: PretrainConfig) -> dict:
 
         summary = r.summary_base(
             total_steps, step, finished, artifacts=(LAST, ENCODER), pipeline=pipeline, mae_config=asdict(mcfg),
-            effective_batch=eff_batch, lr=lr,
+            effective_batch=eff_batch, accum_iter=cfg.accum_iter, lr=lr, adamw=adamw_impl(device),
+            compile=cfg.compile_mode if cfg.compile else "off",
             epochs_done=epoch + batch_in_epoch / batches_per_epoch, masks=[m.describe() for _, m in maskers],
             num_params=sum(p.numel() for p in model.parameters()), skipped_images=data_lib.skipped_images(dataset),
             **({"init_from": init} if init is not None else {}))

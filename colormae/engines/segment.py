@@ -49,7 +49,7 @@ from ..models.upernet import UperNetViT, confusion_matrix, iou_from_confusion, p
 from ..run.artifacts import load_encoder
 from ..run.config import RunConfig, check_choice, check_positive, knob
 from ..run.rundir import LAST
-from ..run.scaffold import start_run
+from ..run.scaffold import adamw_impl, adamw_options, start_run
 from ..runtime import DistInfo, autocast, grad_scaler, seed_step, wrap_ddp
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def run(cfg: SegmentConfig) -> dict:
         # timm's factory: layer-wise lr decay from the model's group_matcher (embeddings, blocks, then neck
         # and heads at full lr) as each group's lr_scale; no weight decay on norms, biases, positions, [CLS]
         optimizer = create_optimizer_v2(model, opt="adamw", lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                        layer_decay=cfg.layer_decay, betas=BETAS)
+                                        layer_decay=cfg.layer_decay, betas=BETAS, **adamw_options(device))
         amp = r.precision(encoder_width_tokens(model))  # resolved once (and recorded)
         scaler = grad_scaler(amp, device)
         step, epoch, batch_in_epoch, ckpt = r.restore(("evals",), model, optimizer, scaler)
@@ -265,13 +265,14 @@ def run(cfg: SegmentConfig) -> dict:
             sampler.set_epoch(epoch, batch_in_epoch)
             model.train()
             for imgs, labels in loader:
+                labelled = bool((labels != IGNORE_INDEX).any())  # on the loader's CPU tensor: no device sync
                 imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * lr_factor(step, cfg)
                 seed_step(cfg.seed, step, info.rank)
                 with autocast(amp, device):
                     out, aux = ddp_model(imgs)
-                    if (labels != IGNORE_INDEX).any():
+                    if labelled:
                         loss = criterion(out.float(), labels) + AUX_WEIGHT * criterion(aux.float(), labels)
                         unlabeled_batches = 0
                     else:  # no labelled pixel: mmseg's loss is 0 there (cross-entropy's mean would be NaN)
@@ -286,6 +287,7 @@ def run(cfg: SegmentConfig) -> dict:
                 r.log_step(step, epoch + batch_in_epoch / steps_per_epoch, loss,
                            max(g["lr"] for g in optimizer.param_groups), imgs.shape[0] * info.world_size)
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.iterations:
+                    r.read_losses()  # a bad loss stops here, before an evaluation of its weights is recorded
                     evals.append({"step": step, **run_eval()})
                     model.train()
                 if step >= cfg.iterations or r.should_stop(step):
@@ -296,7 +298,7 @@ def run(cfg: SegmentConfig) -> dict:
             else:
                 epoch, batch_in_epoch = epoch + 1, 0
                 r.end_epoch(epoch, step, state)
-        r.save(state)
+        r.save(state)  # reads the queued losses first
         finished = step >= cfg.iterations
         final = run_eval()
         if finished:
@@ -304,6 +306,7 @@ def run(cfg: SegmentConfig) -> dict:
         summary = r.summary_base(
             cfg.iterations, step, finished, miou=final["miou"], iou=dict(zip(train_set.class_names, final["iou"])),
             acc=final["acc"], final_eval=final, evals=evals, recipe=cfg.recipe, transfer=export["transfer"],
+            adamw=adamw_impl(device),
             encoder={k: export.get(k) for k in ("timm_name", "timm_kwargs", "mae_config")},
             num_classes=n_cls, num_train=len(train_set), num_test=len(test_set),
             num_params=sum(p.numel() for p in model.parameters()))

@@ -41,6 +41,21 @@ def knob(default: Any, help: str, *, choices: Sequence | None = None, group: str
 
 
 AMP_MODES = ("auto", "bf16", "fp16", "none")
+# torch.compile modes; "reduce-overhead" replays CUDA graphs (CUDA only: elsewhere it compiles as "default")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_knob() -> Any:
+    """The ``compile`` field of an engine that can compile its model: how it runs, not what (not
+    bit-identical to eager, so recorded, but a run resumes with or without it)."""
+    return knob(False, "torch.compile the model's forward and loss (static shapes: every sample keeps n_keep "
+                "patches). Close to eager, not bit-identical; a run may resume with or without it",
+                group="optimization", experiment=False)
+
+
+def compile_mode_knob() -> Any:
+    return knob("default", "with --compile: the torch.compile mode; 'reduce-overhead' replays CUDA graphs (CUDA "
+                "only)", choices=COMPILE_MODES, group="optimization", experiment=False)
 
 
 @dataclass
@@ -294,6 +309,11 @@ def check_common(cfg: RunConfig) -> None:
     """Validation of the shared fields (before any data, model or file is touched)."""
     check_ranges(cfg)
     check_choice("amp", cfg.amp, AMP_MODES)
+    if hasattr(cfg, "compile_mode"):
+        check_choice("compile_mode", cfg.compile_mode, COMPILE_MODES)
+        if cfg.compile_mode != "default" and not cfg.compile:
+            raise ValueError(f"compile_mode={cfg.compile_mode!r} without compile=True is unused: add --compile "
+                             "or drop --compile-mode")
     if isinstance(cfg, EngineConfig):
         check_choice("pipeline", cfg.pipeline, PIPELINES)
         check_choice("dataset", cfg.dataset, ("embedded", "cifar10", "imagefolder"))

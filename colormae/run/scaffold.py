@@ -9,13 +9,23 @@ An engine's ``run(cfg)`` reads top to bottom::
         while epoch < cfg.epochs:
             for batch in loader:
                 ... forward, backward ...
-                run.check_loss(loss, epoch, step)         # non-finite or exploding: stop, name a checkpoint
+                run.check_loss(loss, epoch, step)         # queued on the device: non-finite / exploding stops
                 ... optimizer step ...
-                run.log_step(step, epoch_float, loss, lr, n_images)
+                run.log_step(step, epoch_float, loss, lr, n_images)   # reads the queue every --log-every steps
                 if run.should_stop(step): break           # max_steps, SIGTERM/SIGINT
                 if run.checkpoint_due(): run.save(state)     # every --checkpoint-minutes
             run.end_epoch(epoch, step, state)             # checkpoint-last + numbered snapshots
         return run.finish(run.summary_base(total_steps, step, finished, **results))
+
+No host sync per step: the losses stay on the device until ``Run.read_losses`` reads them, at every
+``--log-every`` step, at epoch ends, before every checkpoint and before evaluations (one transfer; under
+DDP one all-reduce, which also carries the ranks' agreement on a signal and on a checkpoint by the
+clock). A non-finite or exploding loss therefore stops the run up to ``log_every`` steps after it
+happened, with the error naming that step. The optimizer steps between it and the read are applied
+in memory (the weights may already be NaN) and then discarded: every checkpoint write reads the
+queue first and also checks the weights themselves for finiteness, so no checkpoint ever holds a
+step at or after the bad loss. (Skipping the step on the device would need the optimizer's
+found-inf path; stopping at the read keeps the optimizer untouched.)
 """
 from __future__ import annotations
 
@@ -38,7 +48,6 @@ from ..files import OutputError, load_checkpoint, repo_relative
 from ..runtime import (
     Timer,
     environment_info,
-    mean_across_ranks,
     peak_memory_bytes,
     progress,
     resolve_amp,
@@ -65,6 +74,8 @@ TRAINING_STATE_KEYS = ("model", "optimizer", "scaler", "step", "epoch", "batch_i
 # a loss this many times the running median of recent steps is an explosion, stopped before NaN
 EXPLOSION_FACTOR = 100.0
 EXPLOSION_WINDOW = 50
+# queued losses read at the latest after this many entries, whatever --log-every says (bounded memory)
+MAX_QUEUED_LOSSES = 1024
 
 
 class RunInterrupted(Exception):
@@ -88,6 +99,14 @@ class Run:
         self._signal = None
         self._old_handlers: dict = {}
         self._recent: deque = deque(maxlen=EXPLOSION_WINDOW)
+        # on the device until read_losses: (epoch, step, loss) per checked loss; (step, epoch, loss, lr,
+        # extra) per optimizer step
+        self._checks: list[tuple[int, int, torch.Tensor]] = []
+        self._steps: list[tuple[int, float, torch.Tensor, float, dict]] = []
+        self._step = 0
+        # under DDP: (step, signal anywhere, rank 0's checkpoint clock due) agreed at the last read
+        self._agreed: tuple[int, bool, bool] = (-1, False, False)
+        self._bad_median: float | None = None  # the running median an exploding loss was compared with
         self._last_checkpoint_time = time.monotonic()
         # progress carried across resumes: wall time and images of every earlier session
         self.elapsed_before, self.images_before, self.images_seen = 0.0, 0, 0
@@ -213,8 +232,8 @@ class Run:
 
     # -- inside the loop ---------------------------------------------------------------------------
     def optimizer_step(self, loss: torch.Tensor, epoch: int, step: int, optimizer, scaler) -> None:
-        """One optimizer step of the fine-tuning engines: check the loss, backward (fp16 loss scaling
-        when enabled), step, zero the gradients."""
+        """One optimizer step of the fine-tuning engines: queue the loss for the guard, backward (fp16
+        loss scaling when enabled), step, zero the gradients."""
         self.check_loss(loss, epoch, step)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -222,65 +241,130 @@ class Run:
         optimizer.zero_grad(set_to_none=True)
 
     def check_loss(self, loss: torch.Tensor, epoch: int, step: int) -> None:
-        """Stop on a non-finite loss or one > EXPLOSION_FACTOR x the running median (before NaN)."""
-        value = loss.item()
-        median = statistics.median(self._recent) if len(self._recent) >= 10 else None
-        exploded = median is not None and median > 0 and value > EXPLOSION_FACTOR * median
-        if math.isfinite(value) and not exploded:
-            self._recent.append(value)
+        """Queue ``loss`` (of the step after ``step``) for the guard: at the next read, a non-finite
+        loss or one > EXPLOSION_FACTOR x the running median stops the run. No host sync here."""
+        # a copy: a CUDA-graph replay (--compile-mode reduce-overhead) overwrites its outputs in place
+        self._checks.append((epoch, step, loss.detach().clone()))
+
+    def log_step(self, step: int, epoch: float, loss: torch.Tensor, lr: float, images: int, **extra) -> None:
+        """After an optimizer step: queue the loss (averaged over ranks, added to the epoch mean at the
+        read), count images, tick the progress bar; every ``log_every`` steps (and at step 1) read the
+        queue and write a metrics record. ``extra`` values may be tensors: read only at those steps."""
+        due = step % self.cfg.log_every == 0 or step == 1
+        kept = {k: v.detach() if torch.is_tensor(v) else v for k, v in extra.items()} if due else {}
+        self._steps.append((step, epoch, loss.detach().clone(), lr, kept))
+        self._step = step
+        self.images_seen += images
+        self.bar.update(1)
+        if due or len(self._checks) + len(self._steps) >= MAX_QUEUED_LOSSES:
+            self.read_losses(at_step=step)
+
+    def read_losses(self, at_step: int | None = None) -> None:
+        """Read the queued losses (one transfer; under DDP one all-reduce): the guard, the epoch sums,
+        the metrics records of the log steps among them. ``at_step``: a read every rank makes at this
+        step of the loop, where the ranks also agree on a signal and on a checkpoint by the clock."""
+        checks, steps, self._checks, self._steps = self._checks, self._steps, [], []
+        if not checks and not steps:
             return
+        n_checks = len(checks)
+        values = torch.stack([t.float().reshape(()) for *_, t in checks] + [s[2].float().reshape(()) for s in steps])
+        host = values.tolist()
+        checked, logged = host[:n_checks], host[n_checks:]
+        bad = self._first_bad(checked)
+        if self.info.world_size > 1:
+            due = self.info.is_main and self._clock_due()
+            flags = torch.tensor([float(bad is not None), float(self._signal is not None), float(due)],
+                                 device=values.device)
+            shared = torch.cat([values[n_checks:], flags])
+            dist.all_reduce(shared)
+            shared[:len(steps)] /= self.info.world_size  # on the device, as a per-step mean over ranks divided
+            reduced = shared.tolist()
+            logged = reduced[:len(steps)]
+            any_bad, signal_any, due_any = (x > 0 for x in reduced[len(steps):])
+            if at_step is not None:
+                self._agreed = (at_step, signal_any, due_any)
+            if any_bad and bad is None:
+                self._raise_loss(None, checks[0][0], checks[0][1], checks[-1][1])
+        first_bad_step = None if bad is None else checks[bad][1]
+        for (step, epoch, _, lr, extra), value in zip(steps, logged):
+            if first_bad_step is not None and step > first_bad_step:
+                break  # this step's update came after the bad loss
+            self._add_step_loss(step, epoch, value, lr, extra)
+        if bad is not None:
+            self._raise_loss(checked[bad], checks[bad][0], checks[bad][1])
+
+    def _first_bad(self, values: list[float]) -> int | None:
+        """Index of the first non-finite or exploding loss in ``values`` (the running window keeps the
+        good ones before it, as a check per step would)."""
+        for i, value in enumerate(values):
+            median = statistics.median(self._recent) if len(self._recent) >= 10 else None
+            exploded = median is not None and median > 0 and value > EXPLOSION_FACTOR * median
+            if not math.isfinite(value) or exploded:
+                self._bad_median = median
+                return i
+            self._recent.append(value)
+        return None
+
+    def _add_step_loss(self, step: int, epoch: float, value: float, lr: float, extra: dict) -> None:
+        self.last_batch_loss = value
+        self.epoch_loss_sum += value
+        self.epoch_loss_count += 1
+        if self.info.is_main and (step % self.cfg.log_every == 0 or step == 1):
+            rate = self.images_seen / max(self.timer.elapsed, 1e-9)
+            extra = {k: v.item() if torch.is_tensor(v) else v for k, v in extra.items()}
+            self.metrics.write({"step": step, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": rate, **extra})
+            self.bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
+
+    def _raise_loss(self, value: float | None, epoch: int, step: int, last_step: int | None = None) -> None:
         last = self.dir.last_checkpoint
         where = (f"The last good checkpoint is {last} (resume with --resume auto)" if last.exists()
                  else "No checkpoint exists yet")
-        what = f"loss is {value}" if not math.isfinite(value) else (
-            f"loss exploded to {value:.4g}, {value / median:.0f}x the median of the last {len(self._recent)} steps")
+        if value is None:
+            what = f"another process had a non-finite or exploding loss between steps {step} and {last_step}"
+        elif not math.isfinite(value):
+            what = f"loss is {value}"
+        else:
+            what = (f"loss exploded to {value:.4g}, {value / self._bad_median:.0f}x the median of the last "
+                    f"{len(self._recent)} steps")
         lr_flag = next((f"--{n.replace('_', '-')}" for n in ("blr", "lr") if hasattr(self.cfg, n)), None)
         fixes = " or ".join(([f"a lower {lr_flag}"] if lr_flag else []) + ["--amp none"])
         raise FloatingPointError(f"{what} at epoch {epoch}, step {step}: stopping. {where}; try {fixes}")
 
-    def log_step(self, step: int, epoch: float, loss: torch.Tensor, lr: float, images: int, **extra) -> float:
-        """After an optimizer step: the loss averaged over ranks, epoch mean, progress bar, and a
-        metrics record every ``log_every`` steps. Returns the logged loss."""
-        value = mean_across_ranks(loss.detach(), self.info)
-        self.last_batch_loss = value
-        self.epoch_loss_sum += value
-        self.epoch_loss_count += 1
-        self.images_seen += images
-        self.bar.update(1)
-        if self.info.is_main and (step % self.cfg.log_every == 0 or step == 1):
-            rate = self.images_seen / max(self.timer.elapsed, 1e-9)
-            self.metrics.write({"step": step, "epoch": epoch, "loss": value, "lr": lr, "img_per_s": rate, **extra})
-            self.bar.set_postfix(loss=f"{value:.4f}", img_s=f"{rate:.0f}", refresh=False)
-        return value
-
     def should_stop(self, step: int) -> bool:
-        """max_steps reached, or a signal arrived (on any rank: every rank stops at the same step)."""
-        stop = self._signal is not None or (self.cfg.max_steps is not None and step >= self.cfg.max_steps)
-        if self.info.world_size > 1:
-            flag = torch.tensor([float(stop)], device=self.device)
-            dist.all_reduce(flag)
-            stop = bool(flag.item() > 0)
-        return stop
+        """max_steps reached, or a signal arrived. Under DDP the ranks agree on a signal at the reads
+        (``read_losses``, every ``log_every`` steps), so every rank stops at the same step."""
+        stop = self.cfg.max_steps is not None and step >= self.cfg.max_steps
+        if self.info.world_size == 1:
+            return stop or self._signal is not None
+        return stop or (self._agreed[0] == step and self._agreed[1])
+
+    def _clock_due(self) -> bool:
+        minutes = self.cfg.checkpoint_minutes
+        return minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
 
     def checkpoint_due(self) -> bool:
-        minutes = self.cfg.checkpoint_minutes
-        due = minutes > 0 and time.monotonic() - self._last_checkpoint_time >= 60 * minutes
-        if self.info.world_size > 1:  # rank 0's clock decides, so all ranks agree
-            flag = torch.tensor([float(due)], device=self.device)
-            dist.broadcast(flag, 0)
-            due = bool(flag.item() > 0)
-        return due
+        """``--checkpoint-minutes`` passed since the last checkpoint-last; under DDP rank 0's clock
+        decides, read with the losses (every ``log_every`` steps), so all ranks agree."""
+        if self.info.world_size == 1:
+            return self._clock_due()
+        return self._agreed[0] == self._step and self._agreed[2]
 
     def save(self, state_fn: Callable[[], dict], name: str = LAST) -> None:
-        """Write a checkpoint (rank 0); ``state_fn`` builds the state only where it is written."""
+        """Write a checkpoint (rank 0); ``state_fn`` builds the state only where it is written. The
+        queued losses are read first (a bad one raises: never saved), and weights that are not all
+        finite are refused."""
+        self.read_losses()
         if self.info.is_main:
-            self.dir.save(state_fn(), name)
+            state = state_fn()
+            check_finite_weights(state["model"], state["step"], self.dir.last_checkpoint)
+            self.dir.save(state, name)
         if name == LAST:
             self._last_checkpoint_time = time.monotonic()
 
     def end_epoch(self, epoch_done: int, step: int, state_fn: Callable[[], dict], datasets=()) -> None:
         """After a full epoch: the epoch's mean loss, the corrupt-image ceiling, checkpoint-last and
         (every ``save_every`` epochs) a numbered snapshot."""
+        self.read_losses()
         if self.epoch_loss_count:
             self.last_epoch_loss = self.epoch_loss_sum / self.epoch_loss_count
             if self.info.is_main:
@@ -297,6 +381,7 @@ class Run:
         """The summary fields every engine writes. ``final_loss`` is the mean training loss of the
         last full epoch (one batch is too noisy); ``last_batch_loss`` the last step's. ``artifacts``:
         the files a finished run must still hold to count as finished (see rundir.finished_summary)."""
+        self.read_losses()
         amp = self.amp or resolve_amp(self.cfg.amp, self.device)  # resolved by ``precision`` in every engine
         return {"engine": self.engine, "config": config_record(self.cfg), "amp": amp,
                 "environment": environment_info(self.device),
@@ -320,6 +405,37 @@ class Run:
             raise RunInterrupted(f"{signal.Signals(self._signal).name}: stopped at step {summary['steps']} with a "
                                  f"checkpoint in {self.dir.last_checkpoint}; continue with --resume auto")
         return summary
+
+
+def check_finite_weights(state_dict: dict, step: int, last: Path) -> None:
+    """FloatingPointError naming the non-finite entries of ``state_dict`` (one host sync for all)."""
+    floats = {k: v for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()}
+    if not floats or bool(torch.stack([v.isfinite().all() for v in floats.values()]).all()):
+        return
+    bad = [k for k, v in floats.items() if not bool(v.isfinite().all())]
+    where = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint exists yet"
+    raise FloatingPointError(f"non-finite weights at step {step} ({', '.join(bad[:5])}"
+                             f"{', ...' if len(bad) > 5 else ''}): not saved; {where}; try --amp none or a lower lr")
+
+
+def adamw_options(device: torch.device) -> dict:
+    """Keyword arguments of AdamW (through timm's create_optimizer_v2, which passes them on): fused on
+    CUDA (one kernel for all parameters; an fp16 GradScaler hands it found-inf without a host sync),
+    multi-tensor foreach elsewhere (bit-identical to the per-parameter loop on CPU, measured)."""
+    return {"fused": True} if device.type == "cuda" else {"foreach": True}
+
+
+def compile_model(module: torch.nn.Module, enabled: bool, mode: str) -> torch.nn.Module:
+    """``torch.compile(module)`` in ``mode`` (config.COMPILE_MODES) when ``enabled``; else ``module``.
+    Call the result for forward + loss; save and evaluate the module itself (its own parameter names)."""
+    if not enabled:
+        return module
+    return torch.compile(module, mode=None if mode == "default" else mode)
+
+
+def adamw_impl(device: torch.device) -> str:
+    """The AdamW implementation ``adamw_options`` picks, for summaries: 'fused' or 'foreach'."""
+    return next(iter(adamw_options(device)))
 
 
 def start_run(cfg, engine: str) -> Run:
