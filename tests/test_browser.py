@@ -1,9 +1,13 @@
-"""Notebook 09's mask explorer in a real browser: JupyterLab on a free loopback port, headless Chromium
-(driven by playwright, Debian's ``chromium``; playwright never downloads a browser here), Run All Cells,
-move the seed slider, and check that the explorer's image changes and that no cell shows an error.
+"""The explorers in a real browser: JupyterLab on a free loopback port (one server for the module),
+headless Chromium (driven by playwright, Debian's ``chromium``; playwright never downloads a browser
+here). For notebook 09 (masks) and notebook 10 (reconstructions): Run All Cells, move the seed slider,
+and check that the explorer's image changes and that no cell shows an error; in notebook 10 also type
+a checkpoint path that does not exist and check that it shows as one line in the widget.
 
 Skips with the reason where playwright or Chromium is missing. Set ``COLORMAE_EXPLORE_SCREENSHOT=path``
-to also save a screenshot of the explorer there (``docs/explore_masks.png`` comes from such a run).
+(notebook 09) or ``COLORMAE_EXPLORE_RECONSTRUCTION_SCREENSHOT=path`` (notebook 10) to also save a
+screenshot of the explorer there (``docs/explore_masks.png`` and ``docs/explore_reconstructions.png``
+come from such runs).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "09_explore.ipynb"
+RECONSTRUCTION_NOTEBOOK = ROOT / "notebooks" / "10_explore_reconstructions.ipynb"
 CHROMIUM = os.environ.get("COLORMAE_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -51,7 +56,9 @@ def start_lab(root_dir: Path, port: int, home: Path) -> subprocess.Popen:
                                                                            "checkForUpdates": False}))
     cmd = [sys.executable, "-m", "jupyter", "lab", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
            "--ServerApp.port_retries=0", "--ServerApp.open_browser=False", "--IdentityProvider.token=",
-           "--ServerApp.password=", f"--ServerApp.root_dir={root_dir}", "--LabApp.extension_manager=readonly",
+           "--ServerApp.password=",
+           "--ServerApp.disable_check_xsrf=True",  # the kernels' DELETE from the test (loopback, test only)
+           f"--ServerApp.root_dir={root_dir}", "--LabApp.extension_manager=readonly",
            f"--LabApp.user_settings_dir={home / 'user-settings'}", f"--LabApp.workspaces_dir={home / 'workspaces'}"]
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         cmd.append("--allow-root")
@@ -110,19 +117,24 @@ OUTPUT_ERRORS = """() => [...document.querySelectorAll('.jp-OutputArea-output')]
   .test(o.textContent)).map(o => o.textContent.slice(0, 500))"""
 
 
-def drive(page, url: str) -> bytes:
-    """Open notebook 09, Run All Cells, check the outputs, move the seed slider; the explorer's screenshot."""
-    page.goto(f"{url}/lab/tree/{NOTEBOOK.name}")
+IDLE = "() => /\\| Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText || '')"
+
+
+def open_and_run_all(page, url: str, notebook: Path) -> None:
+    """Open ``notebook`` in JupyterLab, Run All Cells, wait until every cell ran; no cell shows an error."""
+    # a workspace of its own, reset: the page shows this notebook only (not the one a test before opened)
+    page.goto(f"{url}/lab/workspaces/{notebook.stem}/tree/{notebook.name}?reset")
     page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-    wait_until(page, "() => /\\| Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText || '')", 60,
-               "the kernel to start (status bar: '| Idle')")
+    wait_until(page, IDLE, 60, "the kernel to start (status bar: '| Idle')")
     page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
     page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
     wait_until(page, ALL_RUN, RUN_ALL_TIMEOUT_S, "every cell to run and both images to show")
     errors = page.evaluate(OUTPUT_ERRORS)
     assert errors == [], f"cells show errors / stderr: {errors}"
 
-    explorer = page.locator(".jp-OutputArea-output .widget-hbox").first
+
+def move_seed_slider(page, explorer) -> None:
+    """Press ArrowRight three times on the explorer's seed slider; check that its image changes."""
     image = explorer.locator("img.widget-image").first
     image.wait_for(timeout=30_000)
     explorer.scroll_into_view_if_needed()
@@ -135,25 +147,54 @@ def drive(page, url: str) -> bytes:
         page.keyboard.press("ArrowRight")
     wait_until(page, "([el, old]) => el.src !== old", 60, "the explorer's image to change",
                arg=[image.element_handle(), before_src])
-    page.wait_for_timeout(300)  # let the new image decode before the screenshot
+    wait_until(page, IDLE, 60, "the kernel to finish the slider's updates")
+    page.wait_for_timeout(300)  # let the last image decode before the screenshot
     assert readout.inner_text() != old_value, "the seed slider did not move"
     after_png = image.screenshot()
-    assert after_png != before_png, "the mask image looks the same after moving the seed slider"
+    assert after_png != before_png, "the explorer's image looks the same after moving the seed slider"
+
+
+def drive(page, url: str) -> bytes:
+    """Open notebook 09, Run All Cells, check the outputs, move the seed slider; the explorer's screenshot."""
+    open_and_run_all(page, url, NOTEBOOK)
+    explorer = page.locator(".jp-OutputArea-output .widget-hbox").first
+    move_seed_slider(page, explorer)
     assert page.evaluate(OUTPUT_ERRORS) == []
     return explorer.screenshot()
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_explorer_in_jupyterlab(tmp_path):
+def drive_reconstructions(page, url: str) -> bytes:
+    """Notebook 10: Run All Cells, move the seed slider (the reconstructions change), type a checkpoint
+    path that does not exist (one line under it, no traceback); the explorer's screenshot."""
+    open_and_run_all(page, url, RECONSTRUCTION_NOTEBOOK)
+    explorer = page.locator(".jp-OutputArea-output .widget-hbox").first
+    move_seed_slider(page, explorer)
+    assert page.evaluate(OUTPUT_ERRORS) == []
+    shot = explorer.screenshot()
+    path_a = explorer.locator(".widget-text input").first
+    path_a.fill("results/nowhere/model.pth")
+    path_a.press("Enter")
+    line = explorer.locator(".widget-html", has_text="no such file or folder").first
+    line.wait_for(timeout=30_000)
+    text = line.inner_text()
+    assert "results/nowhere/model.pth: no such file or folder" in text and "\n" not in text.strip(), text
+    assert "Traceback" not in explorer.inner_text() and page.evaluate(OUTPUT_ERRORS) == []
+    return shot
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """(url, browser): one JupyterLab server (a clean copy of each explorer notebook) and one headless
+    Chromium for the module's tests."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
     if CHROMIUM is None or not Path(CHROMIUM).exists():
         pytest.skip("needs Chromium (apt-get install -y chromium; or set COLORMAE_CHROMIUM)")
-    start = time.monotonic()
-    root_dir, home = tmp_path / "lab", tmp_path / "home"
+    tmp = tmp_path_factory.mktemp("lab")
+    root_dir, home = tmp / "lab", tmp / "home"
     root_dir.mkdir()
     home.mkdir()
-    clean_copy(NOTEBOOK, root_dir / NOTEBOOK.name)
+    for notebook in (NOTEBOOK, RECONSTRUCTION_NOTEBOOK):
+        clean_copy(notebook, root_dir / notebook.name)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = start_lab(root_dir, port, home)
@@ -162,12 +203,45 @@ def test_explorer_in_jupyterlab(tmp_path):
         with sync_api.sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
-                shot = drive(page=browser.new_page(viewport={"width": 1500, "height": 1100}), url=url)
+                yield url, browser
             finally:
                 browser.close()
     finally:
         stop(server)
-    (tmp_path / "explore_masks.png").write_bytes(shot)
-    if os.environ.get("COLORMAE_EXPLORE_SCREENSHOT"):
-        Path(os.environ["COLORMAE_EXPLORE_SCREENSHOT"]).write_bytes(shot)
-    print(f"browser test wall time: {time.monotonic() - start:.1f} s")
+
+
+def shutdown_kernels(url: str) -> None:
+    """Stop the server's kernels (the next test's notebook then has the CPU to itself)."""
+    with urllib.request.urlopen(f"{url}/api/kernels", timeout=10) as r:
+        kernels = json.load(r)
+    for kernel in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", method="DELETE"),
+                               timeout=30).close()
+
+
+def run_in_browser(lab, drive_notebook, tmp_path: Path, name: str, env: str) -> None:
+    start = time.monotonic()
+    url, browser = lab
+    page = browser.new_page(viewport={"width": 1500, "height": 1100})
+    try:
+        shot = drive_notebook(page=page, url=url)
+    finally:
+        page.close()
+        shutdown_kernels(url)
+    (tmp_path / name).write_bytes(shot)
+    if os.environ.get(env):
+        Path(os.environ[env]).write_bytes(shot)
+    print(f"browser test wall time ({name}): {time.monotonic() - start:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_explorer_in_jupyterlab(lab, tmp_path):
+    run_in_browser(lab, drive, tmp_path, "explore_masks.png", "COLORMAE_EXPLORE_SCREENSHOT")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_reconstruction_explorer_in_jupyterlab(lab, tmp_path):
+    run_in_browser(lab, drive_reconstructions, tmp_path, "explore_reconstructions.png",
+                   "COLORMAE_EXPLORE_RECONSTRUCTION_SCREENSHOT")
