@@ -74,3 +74,10 @@ def main(argv: Sequence[str] | None = None) -> Any:
         sys.stderr.write(f"colormae: unknown command {command!r}; allowed values: {', '.join(COMMANDS)}\n\n" + usage())
         raise SystemExit(2)
     return COMMANDS[command][0](rest)
+
+
+def console_main() -> int:
+    """The ``colormae`` console script: run the command and exit 0. A console script exits with what its
+    function returns, and commands return their results (a summary dict, a path) for callers in Python."""
+    main()
+    return 0

@@ -34,6 +34,16 @@ def test_python_dash_m_and_console_script_agree():
     assert by_script.returncode == 0 and by_script.stdout == by_module.stdout
 
 
+def test_console_script_exits_0_when_a_command_returns_a_result(monkeypatch):
+    # a console script exits with its function's return value: a command's summary or path must not
+    # become exit status 1 (`colormae convert` did)
+    monkeypatch.setitem(cli.COMMANDS, "convert", (lambda argv: Path("out"), "stub"))
+    monkeypatch.setattr(sys, "argv", ["colormae", "convert"])
+    assert cli.console_main() == 0
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'colormae = "colormae.cli:console_main"' in pyproject
+
+
 def test_unknown_command_names_the_allowed_ones(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["pretrian"])
