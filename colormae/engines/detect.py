@@ -57,11 +57,11 @@ class DetectConfig(RunConfig):
                      choices=DATA, group="data")
     train_split: str = knob("train2017", "coco: training split", group="data")
     test_split: str = knob("val2017", "coco: evaluation split", group="data")
-    train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
     skip_corrupt: bool = knob(False, "coco: skip (and name) image files that cannot be opened instead of "
                               "stopping", group="data", experiment=False)
     max_corrupt_fraction: float = knob(0.01, "with --skip-corrupt: stop when more than this fraction of the "
                                        "images is unreadable", group="data", experiment=False)
+    train_length: int | None = knob(None, "an evenly spaced subset of the training images", group="data")
     test_length: int | None = knob(None, "an evenly spaced subset of the test images", group="data")
     img_size: int = knob(1024, "input square (ViTDet 1024; the paper's Table 1: 768)", group="data")
     jitter_min: float = knob(0.1, "large-scale jitter: smallest scale", group="data")
