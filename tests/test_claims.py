@@ -200,3 +200,10 @@ def test_results_md_quotes_the_notebooks_sentences():
     printed = "".join("".join(o.get("text", "")) for c in nb["cells"] for o in c.get("outputs", []))
     status = [line for line in printed.splitlines() if "(confirmatory, preregistered" in line]
     assert len(status) == 2 and all(line in text for line in status)
+    # ... and computed from the committed table, now that every planned pair has run
+    confirm = pd.read_csv(RESULTS / "cifar10_grid16_confirm" / "table.csv")
+    for metric, endpoint, line in zip(("knn_top1", "linprobe_top1"), ("primary", "secondary"), status):
+        test = results.confirmatory_test(confirm, metric, planned_seeds=range(5, 13))
+        assert results.confirmatory_in_words(test, endpoint=endpoint) == line
+    # the README states the primary result with the same words
+    assert status[0] in _text(ROOT / "README.md")
