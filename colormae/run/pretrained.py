@@ -139,6 +139,8 @@ def _place(path: Path, obj: Any, meta: dict) -> tuple[str, dict, dict, dict]:
         canon, classifier, bad = timm_to_canonical(obj["model"])
         _check("mae", path, bad)
         hints["norm_pix_loss"] = _args_norm_pix(obj)
+        if isinstance(obj.get("args"), dict):  # written by save_pretrained(format="mae")
+            hints.update(obj["args"].get("colormae", {}))
         if hints["norm_pix_loss"] is None:
             # MAE's releases: *_full files were trained with norm-pix targets, *visualize* ones without
             hints["norm_pix_loss"] = "visualize" not in path.name
@@ -283,7 +285,10 @@ def save_pretrained(model: MaskedAutoencoder, path: str | os.PathLike, format: s
                                         "norm_pix_loss": cfg.norm_pix_loss})}
         return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
     if format == "mae":
-        return save_torch({"model": {**canon, **model.classifier}, "args": {"norm_pix_loss": cfg.norm_pix_loss}}, path)
+        # MAE's own files keep an argparse Namespace under "args"; ours adds what the shapes do not tell
+        args = {"norm_pix_loss": cfg.norm_pix_loss, "colormae": {"num_heads": cfg.num_heads, "norm_eps": cfg.norm_eps,
+                                                                 "decoder_num_heads": cfg.decoder_num_heads}}
+        return save_torch({"model": {**canon, **model.classifier}, "args": args}, path)
     if format == "colormae":
         return save_torch({"model": model.state_dict(), "mae_config": asdict(cfg), "has_decoder": model.has_decoder,
                            "classifier": dict(model.classifier)}, path)
