@@ -134,7 +134,19 @@ def _theory(kind: str, grid: int, params: dict, points: int = 200) -> tuple[np.n
 
 
 @contextmanager
-def _one_thread():
+def hold_updates(explorer):
+    """Change several controls of ``explorer`` with one ``update()`` at the end (not one per control):
+    the explorer's observers skip their update while ``explorer._holding`` is set."""
+    explorer._holding = True
+    try:
+        yield
+    finally:
+        explorer._holding = False
+    explorer.update()
+
+
+@contextmanager
+def one_thread():
     """torch on one thread for the explorer's tiny tensors (a 64 x 24 x 24 FFT): measured 4x faster than two
     threads on a busy 2-core machine, where the threads wait for each other; restored afterwards."""
     threads = torch.get_num_threads()
@@ -180,7 +192,7 @@ def mask_view(kind: str = "green", grid: int = 16, mask_ratio: float = 0.75, see
         given["iterations"] = int(given["iterations"])
     params = {k: v for k, v in color_params(kind, **given).items() if k != "distribution"} if kind in COLORS else {}
     make_masker(kind, grid, mask_ratio, source="online", **params)  # validates the ratio (no bank built)
-    with _one_thread():
+    with one_thread():
         return _view(kind, source, grid, float(mask_ratio), seed, params, int(n_masks), tuple(notes))
 
 
@@ -512,15 +524,9 @@ class MaskExplorer(widgets.HBox):
         """The controls' values, as :func:`mask_view` takes them."""
         return {name: control.value for name, control in self.controls.items()}
 
-    @contextmanager
     def hold(self):
         """Change several controls with one update at the end (not one per control)."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-        self.update()
+        return hold_updates(self)
 
     def _show_controls(self, kind: str) -> None:
         for name in PARAM_NAMES:

@@ -32,7 +32,6 @@ import io
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -44,14 +43,14 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ..data.datasets import CorruptImageError, _decode, build_dataset, embedded_photos
+from ..data.datasets import CorruptImageError, build_dataset, decode_image, embedded_photos
 from ..data.dense import load_pennfudan
 from ..files import ROOT, project_path, repo_relative
 from ..masks.maskers import KINDS, make_masker
 from ..models.mae import MaskedAutoencoder, reconstruct
 from ..run.pretrained import load_pretrained
 from .attention import cls_attention, foreground_fraction, resize_batch, upsample
-from .explore import _one_thread
+from .explore import hold_updates, one_thread
 from .figures import KIND_LABELS, to_display
 
 log = logging.getLogger(__name__)
@@ -188,7 +187,7 @@ def source_count(source: str, data_root: str | None = None, pennfudan_root: str 
 def decode_upload(content: bytes, name: str = "upload") -> SourceImage:
     """An uploaded file's bytes -> an RGB image (16-bit grey scaled, as the data sets read them)."""
     try:
-        img = _decode(io.BytesIO(bytes(content)), name)  # the data sets' decoder: 16-bit scaled, not clipped
+        img = decode_image(io.BytesIO(bytes(content)), name)  # the data sets' decoder: 16-bit scaled, not clipped
     except CorruptImageError as e:
         raise ImageError(_one_line(e)) from e
     return _image(f"upload: {name}", _from_pil(img))
@@ -327,7 +326,7 @@ def reconstruction_view(checkpoints: Sequence[Checkpoint], image: SourceImage, k
     mask_ratio, notes = _check_kind(kind, mask_ratio)
     for ckpt in checkpoints:
         make_masker(kind, ckpt.model.cfg.grid, mask_ratio)  # validates the ratio before any forward pass
-    with _one_thread(), torch.no_grad():
+    with one_thread(), torch.no_grad():
         panels = tuple(_panels(c, image, kind, mask_ratio, int(seed)) for c in checkpoints)
     grids = sorted({c.model.cfg.grid for c in checkpoints})
     if len(grids) > 1:
@@ -573,15 +572,9 @@ class ReconstructionExplorer(widgets.HBox):
         return {name: self.controls[name].value for name in ("image_source", "image_index", "kind", "mask_ratio",
                                                              "seed")}
 
-    @contextmanager
     def hold(self):
         """Change several controls with one update at the end (not one per control)."""
-        self._holding = True
-        try:
-            yield
-        finally:
-            self._holding = False
-        self.update()
+        return hold_updates(self)
 
     # -- callbacks
 
