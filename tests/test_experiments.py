@@ -62,8 +62,14 @@ def test_rebuild_weights_pretrains_again_only_what_lost_its_weights(tiny_grid, c
     assert not (run / "encoder.pth").exists()  # without the flag: evaluations reused, nothing retrained
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/summary.json") if p.parent != run}
     records = {name: (run / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "config.json")}
+    grid_json = (out / "grid.json").read_bytes()
+    with pytest.raises(SystemExit):  # a rebuild never adds a run
+        experiments.main([*args, "--masks", "random", "--seeds", "0", "2", "--rebuild-weights"])
+    assert "random_seed2 has no record" in caplog.text
     with caplog.at_level(logging.INFO, logger="colormae.experiments.grids"):
-        experiments.main([*args, "--rebuild-weights"])
+        # a subset of the grid's masks and seeds: the record of the grid's design must not change with it
+        experiments.main([*args, "--masks", "random", "--seeds", "0", "--rebuild-weights"])
+    assert (out / "grid.json").read_bytes() == grid_json
     assert (run / "encoder.pth").is_file() and json.loads((run / "eval.json").read_text()) == recorded
     # the rebuild ran beside the record (run/rebuild/): the records Fig. 4 reads are byte for byte the same
     assert {name: (run / name).read_bytes() for name in records} == records

@@ -443,6 +443,14 @@ def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False
     model built and trained or reused): a grid stopped by a bad setting leaves no grid.json that
     would refuse the corrected command."""
     record_grid(spec, write=False)
+    if rebuild_weights:  # a rebuild reproduces recorded runs: it neither adds runs nor rewrites grid.json
+        unrecorded = [f"{m}_seed{s}" for m, s in spec.runs()
+                      if not (project_path(spec.out) / "runs" / f"{m}_seed{s}" / "eval.json").is_file()]
+        if unrecorded:
+            raise ValueError(f"--rebuild-weights rebuilds the recorded runs of "
+                             f"{repo_relative(project_path(spec.out))}; {', '.join(unrecorded)} has no record "
+                             "there (eval.json): run without --rebuild-weights to add it, or choose the recorded "
+                             "--masks / --seeds")
     precision = grid_precision(spec, device)  # once for the whole grid, then recorded in grid.json
     log.info("precision: %s", ", ".join(f"{part} {amp}" for part, amp in precision.items() if amp is not None))
     # the band sweep's table is its own (bands, not masks) and includes the grid's default-green runs
@@ -451,7 +459,7 @@ def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False
     recorded = False
     for mask, seed in spec.runs():
         run_one(spec, mask, seed, device, rebuild_weights, precision)
-        if not recorded:
+        if not recorded and not rebuild_weights:
             record_grid(spec, precision=precision)
             recorded = True
         table(spec)
