@@ -172,3 +172,16 @@ def test_every_notebook_is_tested_and_parameterized():
 @pytest.mark.parametrize("notebook", sorted(TINY))
 def test_notebook_under_nbval(notebook, tmp_path, micro_run):
     run_nbval(notebook, tmp_path, micro_run)
+
+
+def test_committed_notebooks_hold_no_machine_paths():
+    """Outputs and papermill's metadata (input_path, output_path) name files relative to the repository:
+    a notebook executed from a temporary copy recorded /tmp/... as its input."""
+    bad = []
+    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
+        text = path.read_text()
+        bad += [f"{path.name}: {p}" for p in (str(ROOT), "/tmp/", "/root/", "/home/") if p in text]
+        meta = json.loads(text)["metadata"].get("papermill", {})
+        bad += [f"{path.name}: {k}={meta[k]}" for k in ("input_path", "output_path")
+                if meta.get(k) not in (None, f"notebooks/{path.name}")]
+    assert not bad, bad
