@@ -281,7 +281,36 @@ def stats_html(view: MaskView, sweep: pd.DataFrame | None = None) -> str:
     return "<div style='font-size:12px; line-height:1.35'>" + "<br>".join(lines) + "</div>"
 
 
-class MaskFigure:
+class BlittedFigure:
+    """What the explorers' figures share: ``render`` blits the ``animated`` artists over the static parts
+    (drawn once, kept in ``_background``; ``None`` draws them again) after ``draw(view)``; ``png`` encodes it."""
+
+    figure: Figure
+    animated: list
+    _background = None
+
+    def render(self, view=None) -> np.ndarray:
+        """The figure (updated to ``view`` if given) as an RGBA array [H, W, 4], by blitting."""
+        if view is not None:
+            self.draw(view)
+        if self._background is None:
+            self.canvas.draw()
+            self._background = self.canvas.copy_from_bbox(self.figure.bbox)
+        else:
+            self.canvas.restore_region(self._background)
+        for artist in self.animated:
+            if artist.get_visible():
+                self.figure.draw_artist(artist)
+        return np.asarray(self.canvas.buffer_rgba())
+
+    def png(self, view=None, compress_level: int = 1) -> bytes:
+        """The figure (updated to ``view`` if given) as PNG bytes (fast zlib level: 1)."""
+        buf = io.BytesIO()
+        PIL.Image.fromarray(self.render(view)[..., :3]).save(buf, format="png", compress_level=compress_level)
+        return buf.getvalue()
+
+
+class MaskFigure(BlittedFigure):
     """One Figure whose artists are updated in place for each view (:meth:`draw`, :meth:`png`).
 
     Panels: the shown sample's noise (scores), its mask, its visible clusters; the mean periodogram
@@ -427,27 +456,6 @@ class MaskFigure:
         self.suptitle.set_color(color if view.kind in COLORS and view.kind != "white" else "black")
         return self.figure
 
-    def render(self, view: MaskView | None = None) -> np.ndarray:
-        """The figure (updated to ``view`` if given) as an RGBA array [H, W, 4], by blitting."""
-        if view is not None:
-            self.draw(view)
-        if self._background is None:  # the static parts, once per (grid, n_masks)
-            self.canvas.draw()
-            self._background = self.canvas.copy_from_bbox(self.figure.bbox)
-        else:
-            self.canvas.restore_region(self._background)
-        for artist in self.animated:
-            if artist.get_visible():
-                self.figure.draw_artist(artist)
-        return np.asarray(self.canvas.buffer_rgba())
-
-    def png(self, view: MaskView | None = None, compress_level: int = 1) -> bytes:
-        """The figure (updated to ``view`` if given) as PNG bytes (fast zlib level: 1)."""
-        rgba = self.render(view)
-        buf = io.BytesIO()
-        PIL.Image.fromarray(rgba[..., :3]).save(buf, format="png", compress_level=compress_level)
-        return buf.getvalue()
-
 
 def draw_mask_view(view: MaskView, sweep: pd.DataFrame | None = None, **kwargs) -> Figure:
     """``view`` on a new Figure (no pyplot); the explorer reuses one :class:`MaskFigure` instead.
@@ -577,5 +585,6 @@ def mask_explorer(kind: str = "green", grid: int = 16, mask_ratio: float = 0.75,
                         continuous_update=continuous_update, **params)
 
 
-__all__ = ["MaskView", "mask_view", "band_sweep_points", "nearest_band", "stats_table", "stats_html", "describe",
+__all__ = ["BlittedFigure", "MaskView", "mask_view",
+           "band_sweep_points", "nearest_band", "stats_table", "stats_html", "describe",
            "MaskFigure", "draw_mask_view", "MaskExplorer", "mask_explorer"]
