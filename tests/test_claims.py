@@ -163,18 +163,11 @@ DENSE = {"segmentation.csv": ("miou", "iou_person", "iou_background"),
 
 
 def dense_table_md(file: str, dense_dir: Path = RESULTS / "dense_pennfudan") -> str:
-    """docs/results.md's Penn-Fudan table of ``file``: per encoder mean ± std over pretraining seeds
-    (fine-tuning seeds averaged within, :func:`report.dense_summary`), then green − random, random −
-    none and green − none paired by pretraining seed (95 % CI, Holm p), every metric."""
-    metrics = DENSE[file]
-    summary = report.dense_summary(dense_dir / file, metrics)
-    order = [m for m in ("random", "green", report.CONTROL) if m in summary.index]
-    rows = [[report.CONTROL_LABEL if m == report.CONTROL else m] + list(summary.loc[m]) for m in order]
-    by_seed = results.by_pretraining_seed(pd.read_csv(dense_dir / file), metrics)
-    for mask, ref in (("green", "random"), ("random", report.CONTROL), ("green", report.CONTROL)):
-        rows.append([f"{mask} − {ref}"] + [results.format_paired(results.paired_differences(by_seed, k, ref)).loc[mask]
-                                           for k in metrics])
-    return md_table(["encoder", *(f"{k} %" for k in metrics)], [[_minus(c) for c in r] for r in rows])
+    """docs/results.md's Penn-Fudan table of ``file``: :func:`report.dense_table` (notebooks 04/05 show
+    the same), every metric, as markdown."""
+    table = report.dense_table(dense_dir / file, DENSE[file])
+    rows = [[_minus(c) for c in (label, *row)] for label, row in table.iterrows()]
+    return md_table(["encoder", *table.columns], rows)
 
 
 @pytest.mark.parametrize("build", [grid_table_md, gpu_table_md, lambda: dense_table_md("segmentation.csv"),

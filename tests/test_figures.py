@@ -5,7 +5,6 @@ import json
 import shutil
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from conftest import MICRO
@@ -15,7 +14,7 @@ from PIL import Image
 from colormae.analysis import attention, cam, figures
 from colormae.engines import launch
 from colormae.experiments import dense
-from colormae.files import save_torch
+from colormae.files import save_torch, write_json
 from colormae.masks.maskers import make_masker, masker_from_description
 from colormae.models.mae import untrained_encoder
 
@@ -212,19 +211,16 @@ def test_plot_detection_runs_panels(micro_run, tmp_path):
                                    "wall_time_s"]
 
 
-def test_dense_experiment_tables(tmp_path):
-    rows = [{"mask": m, "pretrain_seed": p, "seed": s, "miou": base + 0.01 * p + 0.001 * s, "ap_box": base,
-             "ap50_box": base, "ap_mask": base, "ap50_mask": base}
-            for m, base in (("random", 0.5), ("green", 0.52)) for p in (0, 1) for s in (0, 1)]
-    pd.DataFrame(rows).to_csv(tmp_path / "t.csv", index=False)
-    d = dense.paired_differences(tmp_path / "t.csv", "miou")
-    assert len(d) == 4 and np.allclose(d, 2.0)
-    line = dense.describe_paired(d)
-    assert line.startswith("green - random, paired by (pretraining seed, fine-tuning seed): +2.00 ± 0.00")
-    assert dense.paired_differences(tmp_path / "t.csv", "miou", a="blue") is None and dense.describe_paired(None) == ""
-    agg = dense.summarize_detection(tmp_path / "t.csv")
-    assert list(agg.index) == ["random", "green"] and agg["runs"].tolist() == [4, 4]
-    assert agg["ap_box mean"].tolist() == [0.5, 0.52] and list(agg.columns)[1:3] == ["ap_box mean", "ap_box std"]
+def test_dense_experiment_reads_back_runs_of_other_fine_tuning_seeds(tmp_path):
+    """A design of one fine-tuning seed keeps the finished runs of other seeds in its table; unfinished
+    runs and other encoders' runs are not counted."""
+    runs = tmp_path / "runs"
+    for name, finished in (("green_pseed0_seed1", True), ("green_pseed0_seed2", False), ("green_pseed1_seed3", True),
+                           ("green_pseed0_seedx", True)):
+        write_json({"finished": finished}, runs / name / "summary.json")
+    assert dense.finished_seeds(runs, "green_pseed0_seed", (0,)) == [0, 1]
+    assert dense.finished_seeds(runs, "random_pseed0_seed", (0,)) == [0]
+    assert dense.finished_seeds(tmp_path / "absent", "green_p0_s", (0, 4)) == [0, 4]
 
 
 def test_notebook_encoders_choice(grid_dir, tmp_path):

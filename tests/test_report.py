@@ -338,6 +338,32 @@ def test_dense_summary_by_hand(tmp_path):
     assert s.loc["green", "miou %"] == "70.00 ± 14.14 (n=2)"  # seed means 60, 80 (not sd of 4 runs: 16.33)
 
 
+def test_dense_table_pairs_by_pretraining_seed(tmp_path):
+    """Pretraining seed 0 has two fine-tuning seeds, 1 and 2 one each: three replicates, seed 0's runs
+    averaged first; the control is compared in its own Holm family."""
+    rows = [("random", 0, 0, 0.60), ("random", 0, 1, 0.64), ("random", 1, 0, 0.61), ("random", 2, 0, 0.65),
+            ("green", 0, 0, 0.63), ("green", 0, 1, 0.65), ("green", 1, 0, 0.60), ("green", 2, 0, 0.68),
+            ("none", 0, 0, 0.50), ("none", 0, 1, 0.50), ("none", 1, 0, 0.52), ("none", 2, 0, 0.55)]
+    pd.DataFrame(rows, columns=["mask", "pretrain_seed", "seed", "miou"]).to_csv(tmp_path / "s.csv", index=False)
+    t = report.dense_table(tmp_path / "s.csv", ["miou", "ap_box"])
+    assert list(t.columns) == ["miou %"]
+    assert list(t.index) == ["random", "green", report.CONTROL_LABEL, "green − random", "random − none", "green − none"]
+    # random per pretraining seed 62, 61, 65: mean 62.67, sd 2.08 (n = 3, not 4 runs)
+    assert t.loc["random", "miou %"] == "62.67 ± 2.08 (n=3)"
+    # green - random per pretraining seed: +2, -1, +3 points -> mean +1.33, sd 2.08, t_{0.975,2} = 4.303
+    # -> half-width 4.303 * 2.08 / sqrt(3) = 5.17; t = 1.109 on 2 df, two-sided p = 1 - t / sqrt(2 + t^2)
+    # = 0.383 (one comparison with random: Holm = raw)
+    assert t.loc["green − random", "miou %"] == "+1.33 [-3.84, +6.50] (n=3, Holm p 0.38)"
+    # pretrained - none: random +12, +9, +10 and green +14, +8, +13; Holm over the two
+    by_seed = results.by_pretraining_seed(pd.read_csv(tmp_path / "s.csv"), ["miou"])
+    d = results.paired_differences(by_seed, "miou", "none")
+    lo, hi = sorted(d["p_t"])  # Holm over two: 2 x the smaller p, then max(that, the larger p)
+    assert d["family"].tolist() == [2, 2] and sorted(d["p_holm"]) == pytest.approx([2 * lo, max(2 * lo, hi)])
+    assert t.loc["random − none", "miou %"].startswith("+10.33 [")
+    assert t.loc["green − none", "miou %"].startswith("+11.67 [")
+    assert report.dense_table(tmp_path / "absent.csv", ["miou"]) is None
+
+
 def test_table1_ours_from_hand_made_results(tmp_path, grid):
     (tmp_path / "grid").mkdir()
     grid.to_csv(tmp_path / "grid" / "table.csv", index=False)

@@ -618,6 +618,31 @@ def dense_summary(path: str | Path, metrics: Sequence[str]) -> pd.DataFrame | No
                          for m in metrics}, index=mean.index)
 
 
+# the dense tables' comparisons: the masks with each other, and each pretrained encoder with none
+DENSE_COMPARISONS = (("green", "random"), ("random", CONTROL), ("green", CONTROL))
+
+
+def dense_table(path: str | Path, metrics: Sequence[str]) -> pd.DataFrame | None:
+    """A Penn-Fudan csv as docs/results.md and notebooks 04/05 show it: one row per encoder (random,
+    green, the untrained control) with mean ± std (n) over pretraining seeds (:func:`dense_summary`),
+    then green − random, random − none and green − none in points, paired by pretraining seed (fine-tuning
+    seeds averaged within it), with the 95 % interval and the Holm p (:func:`results.paired_differences`;
+    the untrained control is a family of its own). None when the experiment has not run."""
+    summary = dense_summary(path, metrics)
+    if summary is None:
+        return None
+    present = [m for m in metrics if f"{m} %" in summary]
+    order = [m for m in ("random", "green", CONTROL) if m in summary.index]
+    table = summary.loc[order].rename(index={CONTROL: CONTROL_LABEL})
+    by_seed = results.by_pretraining_seed(pd.read_csv(path), present)
+    for mask, ref in DENSE_COMPARISONS:
+        if {mask, ref} <= set(order):
+            table.loc[f"{mask} − {ref}"] = [results.format_paired(results.paired_differences(by_seed, m, ref)).loc[mask]
+                                            for m in present]
+    table.index.name = "encoder"
+    return table
+
+
 DENSE_TABLES = {"Penn-Fudan seg": ("segmentation.csv", ("miou", "iou_person")),
                 "Penn-Fudan det": ("detection.csv", ("ap_box", "ap_mask"))}
 

@@ -5,7 +5,10 @@ on Penn-Fudan, for semantic segmentation (UperNet) and for detection (ViTDet Mas
     colormae experiments pennfudan-detect       # -> results/dense_pennfudan/detection.csv
 
 One run directory per (mask, pretraining seed, fine-tuning seed); finished runs are read back,
-interrupted ones resumed.
+interrupted ones resumed. The design: the grid's 5 pretraining seeds (the replicated unit), one
+fine-tuning seed each; a table also keeps every finished run of its encoders with other fine-tuning
+seeds (``finished_seeds``), averaged within their pretraining seed by the analysis
+(``colormae.analysis.report.dense_table``).
 """
 from __future__ import annotations
 
@@ -26,6 +29,18 @@ log = logging.getLogger(__name__)
 
 # -- segmentation ------------------------------------------------------------------------------------
 SEGMENTATION_COLUMNS = ["mask", "pretrain_seed", "seed", "miou", "iou_person", "iou_background", "wall_s"]
+PRETRAIN_SEEDS = (0, 1, 2, 3, 4)  # the cifar10-grid16 seeds
+FINETUNE_SEEDS = (0,)
+
+
+def finished_seeds(runs: Path, prefix: str, seeds) -> list[int]:
+    """``seeds`` and the fine-tuning seeds of the finished runs under ``runs`` named ``<prefix><seed>``:
+    run again with fewer fine-tuning seeds (one per pretraining seed), an experiment reads its earlier
+    runs back (each run directory checks its config) instead of dropping them from the table."""
+    done = {int(d.name[len(prefix):]) for d in runs.glob(f"{prefix}*")
+            if d.name[len(prefix):].isdigit() and (d / "summary.json").is_file()
+            and read_json(d / "summary.json").get("finished")}
+    return sorted(set(seeds) | done)
 
 
 def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str | Path) -> Path:
@@ -49,17 +64,18 @@ def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, ou
 
 
 def run_segmentation_experiment(grid_dir: str = "results/cifar10_grid16", masks=("random", "green"),
-                             pretrain_seeds=(0, 1), seeds=(0, 1), out: str = "results/dense_pennfudan",
+                             pretrain_seeds=PRETRAIN_SEEDS, seeds=FINETUNE_SEEDS, out: str = "results/dense_pennfudan",
                              **overrides) -> Path:
     """Each encoder of the grid (``masks`` x ``pretrain_seeds``, plus the untrained control) fine-tuned
-    with the ``cpu`` recipe for every seed in ``seeds``; one run directory each under ``out/runs/``
-    (finished ones are skipped, interrupted ones resumed); writes and returns ``out/segmentation.csv``."""
+    with the ``cpu`` recipe for every seed in ``seeds`` (and ``finished_seeds``); one run directory each
+    under ``out/runs/`` (finished ones are read back, interrupted ones resumed); writes and returns
+    ``out/segmentation.csv``."""
     masks = [CONTROL] + [m for m in masks if m != CONTROL]
     # every encoder first: a missing one stops the experiment before anything trains
     encoders = {(m, ps): segmentation_encoder(grid_dir, m, ps, out) for m in masks for ps in pretrain_seeds}
     rows = []
     for (mask, ps), encoder in encoders.items():
-        for seed in seeds:
+        for seed in finished_seeds(project_path(out) / "runs", f"{mask}_pseed{ps}_seed", seeds):
             run_dir = project_path(out) / "runs" / f"{mask}_pseed{ps}_seed{seed}"
             cfg = segment.SegmentConfig(**{"recipe": "cpu", **overrides, "encoder": repo_relative(encoder),
                                            "seed": seed,
@@ -89,17 +105,6 @@ def grid_seed0_encoder(grid_dir: str | Path, mask: str, out: str | Path) -> Path
     return path
 
 
-def summarize_segmentation(path: str | Path) -> pd.DataFrame:
-    """segmentation.csv per mask: mean and standard deviation (in mIoU points) over every
-    (pretraining seed, fine-tuning seed) run, and their number."""
-    table = pd.read_csv(project_path(path))
-    order = {m: i for i, m in enumerate([CONTROL, "random", "blue", "green", "purple", "red"])}
-    metrics = ["miou", "iou_person", "iou_background"]
-    out = table.groupby("mask")[metrics].agg(["mean", "std"]) * 100
-    out["runs"] = table.groupby("mask").size()
-    return out.sort_index(key=lambda idx: idx.map(lambda m: order.get(m, 99))).round(2)
-
-
 def notebook_encoders(encoder: str | None, grid_dir: str | Path, masks, out: str | Path, fallback: str,
                       default: str = "results/pretrain/embedded_green", update_records: bool = False
                       ) -> dict[str, str]:
@@ -121,23 +126,6 @@ def segmentation_runs(summaries: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows).T.round(2).astype({"iterations": int, "train images": int, "test images": int})
 
 
-def paired_differences(path: str | Path, metric: str = "miou", a: str = "green", b: str = "random") -> pd.Series | None:
-    """``a`` - ``b`` of ``metric`` (x 100: points) in an experiment table (segmentation.csv,
-    detection.csv), paired by (pretraining seed, fine-tuning seed); None when either is absent."""
-    pairs = pd.read_csv(project_path(path)).pivot_table(index=["pretrain_seed", "seed"], columns="mask", values=metric)
-    if not {a, b} <= set(pairs.columns):
-        return None
-    return 100 * (pairs[a] - pairs[b])
-
-
-def describe_paired(d: pd.Series | None, what: str = "mIoU points", a: str = "green", b: str = "random") -> str:
-    """One line: the mean ± std of ``paired_differences`` and each pair's value ("" for None)."""
-    if d is None:
-        return ""
-    return (f"{a} - {b}, paired by (pretraining seed, fine-tuning seed): {d.mean():+.2f} ± {d.std():.2f} "
-            f"{what} over {len(d)} pairs: {', '.join(f'{x:+.2f}' for x in d)}")
-
-
 # -- detection ---------------------------------------------------------------------------------------
 DETECTION_COLUMNS = ["mask", "pretrain_seed", "seed", "ap_box", "ap50_box", "ap_mask", "ap50_mask", "wall_s"]
 
@@ -146,7 +134,7 @@ DETECTION_COLUMNS = ["mask", "pretrain_seed", "seed", "ap_box", "ap50_box", "ap_
 # embedding resampled to 16 px (a 16 x 16 grid, the pretraining grid, so the position embedding is
 # unchanged; pyramid strides 4..64 as ViTDet's), narrow heads, 2 images per step. Measured with
 # OMP_NUM_THREADS=1 beside other jobs: 1.3-1.8 s per step, ~0.8 s per test image, so 3 epochs (180 steps)
-# and evaluation take ~5.3 min per run and the 12 runs (random, green, none x 2 x 2 seeds) ~65 min.
+# and evaluation take ~5.3 min per run there (~2.7 min alone on the 2 cores).
 # lr 4e-4 (4x ViTDet's per-image rate): on random_seed0, box AP 0.057 / mask AP 0.012 after 180 steps,
 # against 0.038 / 0.004 with lr 1e-4.
 DETECTION_CPU_DEFAULTS = dict(data="pennfudan", img_size=256, patch_size=16, fpn_channels=64, roi_batch=64,
@@ -163,11 +151,12 @@ def detection_control_encoder(preset: str, seed: int, out: Path) -> Path:
 
 
 def run_detection_experiment(grid_dir: str = "results/cifar10_grid16", masks: tuple[str, ...] = ("random", "green"),
-                             pretrain_seeds: tuple[int, ...] = (0, 1), seeds: tuple[int, ...] = (0, 1),
+                             pretrain_seeds: tuple[int, ...] = PRETRAIN_SEEDS, seeds: tuple[int, ...] = FINETUNE_SEEDS,
                              out: str = "results/dense_pennfudan", **overrides) -> Path:
     """Detection fine-tuning of the grid's encoders (``<grid_dir>/runs/<mask>_seed<s>/``) and of the
-    untrained control ("none") on Penn-Fudan, ``seeds`` each; resumable (finished runs are read
-    back). Writes and returns ``<out>/detection.csv``; encoders not pretrained yet are an error."""
+    untrained control ("none") on Penn-Fudan, ``seeds`` each (and ``finished_seeds``); resumable
+    (finished runs are read back). Writes and returns ``<out>/detection.csv``; encoders not pretrained
+    yet are an error."""
     grid, out_dir = project_path(grid_dir), project_path(out)
     rows, preset = [], None
     for label in (*masks, CONTROL):
@@ -181,7 +170,7 @@ def run_detection_experiment(grid_dir: str = "results/cifar10_grid16", masks: tu
                     raise FileNotFoundError(f"{encoder / ENCODER} not found: pretrain the grid first "
                                             f"(colormae experiments cifar10-grid16)")
                 preset = preset or read_json(encoder / "config.json")["preset"]
-            for seed in seeds:
+            for seed in finished_seeds(out_dir / "runs", f"{label}_p{ps}_s", seeds):
                 cfg = detect.DetectConfig(**{**DETECTION_CPU_DEFAULTS, **overrides, "encoder": str(encoder),
                                              "seed": seed,
                                       "resume": "auto", "output_dir": str(out_dir / "runs" / f"{label}_p{ps}_s{seed}")})
@@ -202,13 +191,3 @@ def detection_runs(summaries: dict[str, dict]) -> pd.DataFrame:
     """One row per detection run (label -> summary): box and mask AP, steps, image counts, wall time."""
     keys = (*DETECTION_METRICS, "steps", "num_train", "num_test", "wall_time_s")
     return pd.DataFrame({label: {k: s.get(k) for k in keys} for label, s in summaries.items()}).T.round(4)
-
-
-def summarize_detection(path: str | Path) -> pd.DataFrame:
-    """detection.csv per mask (in table order): the number of runs, mean and standard deviation of
-    box / mask AP over every (pretraining seed, fine-tuning seed) run."""
-    table = pd.read_csv(project_path(path))
-    agg = table.groupby("mask", sort=False)[DETECTION_METRICS].agg(["mean", "std"])
-    agg.columns = [f"{m} {s}" for m, s in agg.columns]
-    agg.insert(0, "runs", table.groupby("mask", sort=False).size())
-    return agg.round(4)

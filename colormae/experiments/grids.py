@@ -466,7 +466,7 @@ def run_grid(spec: GridSpec, device: str = "auto", rebuild_weights: bool = False
     return table(spec)
 
 
-# Dense transfer experiments: the cifar10-grid16 encoders (random, green; pretraining seeds 0, 1) and
+# Dense transfer experiments: the cifar10-grid16 encoders (random, green; pretraining seeds 0-4) and
 # the untrained control fine-tuned on Penn-Fudan (colormae.experiments.dense).
 DENSE = {"pennfudan-segment": dense.run_segmentation_experiment, "pennfudan-detect": dense.run_detection_experiment}
 
