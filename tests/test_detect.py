@@ -283,6 +283,10 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
     assert [(r["mask"], r["pretrain_seed"], r["seed"]) for r in rows] == [("random", "0", "0"), ("none", "0", "0")]
     assert list(rows[0]) == DETECTION_COLUMNS
     assert run_detection_experiment(**kw).read_text() == path.read_text()  # finished runs are read back
+    (grid / "runs" / "random_seed0" / "encoder.pth").unlink()  # weights are git-ignored: not needed to read back
+    assert run_detection_experiment(**kw).read_text() == path.read_text()
+    with pytest.raises(FileNotFoundError, match="random_seed0"):
+        run_detection_experiment(**{**kw, "seeds": (1,)})
     with pytest.raises(FileNotFoundError, match="green_seed0"):
         run_detection_experiment(**{**kw, "masks": ("green",)})
 

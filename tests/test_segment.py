@@ -291,3 +291,10 @@ def test_pennfudan_experiment_table(encoder, pennfudan, tmp_path, monkeypatch):
     monkeypatch.setattr(seg, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
     assert dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0,),
                                              out=tmp_path / "out", **tiny).read_text() == path.read_text()
+    # a fresh clone (grid weights git-ignored): finished runs still read back; a run to train needs them
+    (grid / "runs" / "random_seed0" / "encoder.pth").unlink()
+    assert dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0,),
+                                             out=tmp_path / "out", **tiny).read_text() == path.read_text()
+    with pytest.raises(FileNotFoundError, match="random_seed0.*--rebuild-weights"):
+        dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(2,),
+                                          out=tmp_path / "out", **tiny)

@@ -33,19 +33,37 @@ PRETRAIN_SEEDS = (0, 1, 2, 3, 4)  # the cifar10-grid16 seeds
 FINETUNE_SEEDS = (0,)
 
 
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").is_file() and bool(read_json(run_dir / "summary.json").get("finished"))
+
+
 def finished_seeds(runs: Path, prefix: str, seeds) -> list[int]:
     """``seeds`` and the fine-tuning seeds of the finished runs under ``runs`` named ``<prefix><seed>``:
     run again with fewer fine-tuning seeds (one per pretraining seed), an experiment reads its earlier
     runs back (each run directory checks its config) instead of dropping them from the table."""
     done = {int(d.name[len(prefix):]) for d in runs.glob(f"{prefix}*")
-            if d.name[len(prefix):].isdigit() and (d / "summary.json").is_file()
-            and read_json(d / "summary.json").get("finished")}
+            if d.name[len(prefix):].isdigit() and is_finished(d)}
     return sorted(set(seeds) | done)
 
 
-def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str | Path) -> Path:
-    """The encoder of ``mask`` / ``pretrain_seed`` in a CIFAR-10 grid: its run directory, or for
-    the control the untrained export of the grid's preset, written once to ``out/encoders/``."""
+def grid_encoder(grid: Path, mask: str, pretrain_seed: int, needed: bool) -> Path:
+    """The run directory of ``mask`` / ``pretrain_seed`` in a CIFAR-10 grid. Its weights (git-ignored)
+    must be there when ``needed`` (a fine-tuning run still to train); finished fine-tuning runs are
+    read back from their records without them (a fresh clone)."""
+    run_dir = grid / "runs" / f"{mask}_seed{pretrain_seed}"
+    if needed and not (run_dir / ENCODER).is_file():
+        raise FileNotFoundError(
+            f"no pretrained encoder {run_dir / ENCODER}: run the grid first, or rebuild the weights of its "
+            f"evaluated runs (git-ignored): colormae experiments cifar10-grid16 --masks {mask} "
+            f"--seeds {pretrain_seed} --rebuild-weights")
+    return run_dir
+
+
+def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, out: str | Path,
+                         needed: bool = True) -> Path:
+    """The encoder of ``mask`` / ``pretrain_seed`` in a CIFAR-10 grid: its run directory
+    (``grid_encoder``), or for the control the untrained export of the grid's preset, written once to
+    ``out/encoders/``."""
     grid = project_path(grid_dir)
     if mask == CONTROL:
         path = project_path(out) / "encoders" / f"{CONTROL}_seed{pretrain_seed}.pth"
@@ -54,13 +72,7 @@ def segmentation_encoder(grid_dir: str | Path, mask: str, pretrain_seed: int, ou
             pre = read_json(own) if own.exists() else read_json(grid / "grid.json")["pretrain"]
             save_torch(untrained_encoder(pre["preset"], pretrain_seed, norm_pix_loss=True), path)
         return path
-    run_dir = grid / "runs" / f"{mask}_seed{pretrain_seed}"
-    if not (run_dir / ENCODER).is_file():
-        raise FileNotFoundError(
-            f"no pretrained encoder {run_dir / ENCODER}: run the grid first, or rebuild the weights of its "
-            f"evaluated runs (git-ignored): colormae experiments cifar10-grid16 --masks {mask} "
-            f"--seeds {pretrain_seed} --rebuild-weights")
-    return run_dir
+    return grid_encoder(grid, mask, pretrain_seed, needed)
 
 
 def run_segmentation_experiment(grid_dir: str = "results/cifar10_grid16", masks=("random", "green"),
@@ -70,13 +82,15 @@ def run_segmentation_experiment(grid_dir: str = "results/cifar10_grid16", masks=
     with the ``cpu`` recipe for every seed in ``seeds`` (and ``finished_seeds``); one run directory each
     under ``out/runs/`` (finished ones are read back, interrupted ones resumed); writes and returns
     ``out/segmentation.csv``."""
-    masks = [CONTROL] + [m for m in masks if m != CONTROL]
+    masks, runs = [CONTROL] + [m for m in masks if m != CONTROL], project_path(out) / "runs"
+    plan = {(m, ps): finished_seeds(runs, f"{m}_pseed{ps}_seed", seeds) for m in masks for ps in pretrain_seeds}
     # every encoder first: a missing one stops the experiment before anything trains
-    encoders = {(m, ps): segmentation_encoder(grid_dir, m, ps, out) for m in masks for ps in pretrain_seeds}
+    encoders = {(m, ps): segmentation_encoder(grid_dir, m, ps, out, needed=not all(
+        is_finished(runs / f"{m}_pseed{ps}_seed{s}") for s in plan[m, ps])) for m, ps in plan}
     rows = []
     for (mask, ps), encoder in encoders.items():
-        for seed in finished_seeds(project_path(out) / "runs", f"{mask}_pseed{ps}_seed", seeds):
-            run_dir = project_path(out) / "runs" / f"{mask}_pseed{ps}_seed{seed}"
+        for seed in plan[mask, ps]:
+            run_dir = runs / f"{mask}_pseed{ps}_seed{seed}"
             cfg = segment.SegmentConfig(**{"recipe": "cpu", **overrides, "encoder": repo_relative(encoder),
                                            "seed": seed,
                                    "output_dir": repo_relative(run_dir), "resume": "auto"})
@@ -159,21 +173,21 @@ def run_detection_experiment(grid_dir: str = "results/cifar10_grid16", masks: tu
     yet are an error."""
     grid, out_dir = project_path(grid_dir), project_path(out)
     rows, preset = [], None
+    runs = out_dir / "runs"
     for label in (*masks, CONTROL):
         for ps in pretrain_seeds:
+            todo = finished_seeds(runs, f"{label}_p{ps}_s", seeds)
             if label == CONTROL:
                 preset = preset or read_json(next((grid / "runs").glob("*_seed*/config.json")))["preset"]
                 encoder = detection_control_encoder(preset, ps, out_dir)
             else:
-                encoder = grid / "runs" / f"{label}_seed{ps}"
-                if not (encoder / ENCODER).is_file():
-                    raise FileNotFoundError(f"{encoder / ENCODER} not found: pretrain the grid first "
-                                            f"(colormae experiments cifar10-grid16)")
+                encoder = grid_encoder(grid, label, ps, needed=not all(is_finished(runs / f"{label}_p{ps}_s{s}")
+                                                                      for s in todo))
                 preset = preset or read_json(encoder / "config.json")["preset"]
-            for seed in finished_seeds(out_dir / "runs", f"{label}_p{ps}_s", seeds):
+            for seed in todo:
                 cfg = detect.DetectConfig(**{**DETECTION_CPU_DEFAULTS, **overrides, "encoder": str(encoder),
-                                             "seed": seed,
-                                      "resume": "auto", "output_dir": str(out_dir / "runs" / f"{label}_p{ps}_s{seed}")})
+                                             "seed": seed, "resume": "auto",
+                                             "output_dir": str(runs / f"{label}_p{ps}_s{seed}")})
                 summary = detect.run(cfg)
                 rows.append({"mask": label, "pretrain_seed": ps, "seed": seed,
                              **{k: summary.get(k) for k in DETECTION_COLUMNS[3:7]},
