@@ -283,7 +283,10 @@ def test_experiment_writes_the_table_and_skips_finished_runs(encoder, coco_root,
     assert [(r["mask"], r["pretrain_seed"], r["seed"]) for r in rows] == [("random", "0", "0"), ("none", "0", "0")]
     assert list(rows[0]) == DETECTION_COLUMNS
     assert run_detection_experiment(**kw).read_text() == path.read_text()  # finished runs are read back
-    (grid / "runs" / "random_seed0" / "encoder.pth").unlink()  # weights are git-ignored: not needed to read back
+    # weights are git-ignored (the grid's and the runs' own): finished runs are read back from their records
+    (grid / "runs" / "random_seed0" / "encoder.pth").unlink()
+    for checkpoint in (tmp_path / "out" / "runs").glob("*/checkpoint-last.pth"):
+        checkpoint.unlink()
     assert run_detection_experiment(**kw).read_text() == path.read_text()
     with pytest.raises(FileNotFoundError, match="random_seed0"):
         run_detection_experiment(**{**kw, "seeds": (1,)})

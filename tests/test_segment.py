@@ -291,10 +291,15 @@ def test_pennfudan_experiment_table(encoder, pennfudan, tmp_path, monkeypatch):
     monkeypatch.setattr(seg, "build_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
     assert dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0,),
                                              out=tmp_path / "out", **tiny).read_text() == path.read_text()
-    # a fresh clone (grid weights git-ignored): finished runs still read back; a run to train needs them
+    # a fresh clone (weights git-ignored: the grid's and the runs' own): finished runs are read back
+    # from their records, never recomputed and rewritten; a run still to train needs the grid's weights
     (grid / "runs" / "random_seed0" / "encoder.pth").unlink()
+    for checkpoint in (tmp_path / "out" / "runs").glob("*/checkpoint-last.pth"):
+        checkpoint.unlink()
+    records = {f: f.read_bytes() for f in (tmp_path / "out" / "runs").glob("*/summary.json")}
     assert dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(0,),
                                              out=tmp_path / "out", **tiny).read_text() == path.read_text()
+    assert len(records) == 4 and all(f.read_bytes() == b for f, b in records.items())
     with pytest.raises(FileNotFoundError, match="random_seed0.*--rebuild-weights"):
         dense.run_segmentation_experiment(grid, masks=("random",), pretrain_seeds=(0,), seeds=(2,),
                                           out=tmp_path / "out", **tiny)

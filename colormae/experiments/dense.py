@@ -22,7 +22,7 @@ from ..engines.launch import pretrained_encoder
 from ..files import project_path, read_json, repo_relative, save_torch, write_csv
 from ..models.mae import CONTROL, export_encoder, untrained_encoder
 from ..run.artifacts import grid_model
-from ..run.rundir import ENCODER
+from ..run.rundir import ENCODER, RunDir, check_same_experiment, recorded_precision
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,22 @@ def finished_seeds(runs: Path, prefix: str, seeds) -> list[int]:
     done = {int(d.name[len(prefix):]) for d in runs.glob(f"{prefix}*")
             if d.name[len(prefix):].isdigit() and is_finished(d)}
     return sorted(set(seeds) | done)
+
+
+def recorded_summary(cfg, run_dir: Path) -> dict | None:
+    """The summary of the finished run in ``run_dir`` when it is ``cfg``'s experiment (checked as a
+    resume would be: another setting is a ValueError naming it), read from its record: a finished run
+    whose weights are not committed (git-ignored) is read back, never recomputed and rewritten. None
+    when there is no finished run of ``cfg``'s epoch count there (the engine then runs or resumes it)."""
+    rd = RunDir(run_dir)
+    if not is_finished(run_dir):
+        return None
+    summary = rd.read_summary()
+    if summary.get("config", {}).get("epochs") != getattr(cfg, "epochs", None):
+        return None  # epochs grew: the run goes on
+    check_same_experiment(rd.read_config(), cfg, rd.path, recorded_amp=recorded_precision(rd))
+    log.info("done, reusing %s", repo_relative(rd.file("summary.json")))
+    return summary
 
 
 def grid_encoder(grid: Path, mask: str, pretrain_seed: int, needed: bool) -> Path:
@@ -91,10 +107,10 @@ def run_segmentation_experiment(grid_dir: str = "results/cifar10_grid16", masks=
     for (mask, ps), encoder in encoders.items():
         for seed in plan[mask, ps]:
             run_dir = runs / f"{mask}_pseed{ps}_seed{seed}"
-            cfg = segment.SegmentConfig(**{"recipe": "cpu", **overrides, "encoder": repo_relative(encoder),
-                                           "seed": seed,
-                                   "output_dir": repo_relative(run_dir), "resume": "auto"})
-            s = segment.run(cfg)
+            cfg = segment.resolve_defaults(segment.SegmentConfig(**{
+                "recipe": "cpu", **overrides, "encoder": repo_relative(encoder), "seed": seed,
+                "output_dir": repo_relative(run_dir), "resume": "auto"}))
+            s = recorded_summary(cfg, run_dir) or segment.run(cfg)
             if not s["finished"]:
                 raise RuntimeError(f"{run_dir} stopped at step {s['steps']}: run the experiment again to resume")
             rows.append({"mask": mask, "pretrain_seed": ps, "seed": seed, "miou": s["miou"],
@@ -188,7 +204,7 @@ def run_detection_experiment(grid_dir: str = "results/cifar10_grid16", masks: tu
                 cfg = detect.DetectConfig(**{**DETECTION_CPU_DEFAULTS, **overrides, "encoder": str(encoder),
                                              "seed": seed, "resume": "auto",
                                              "output_dir": str(runs / f"{label}_p{ps}_s{seed}")})
-                summary = detect.run(cfg)
+                summary = recorded_summary(cfg, runs / f"{label}_p{ps}_s{seed}") or detect.run(cfg)
                 rows.append({"mask": label, "pretrain_seed": ps, "seed": seed,
                              **{k: summary.get(k) for k in DETECTION_COLUMNS[3:7]},
                              "wall_s": summary["wall_time_s"]})  # training and evaluation
