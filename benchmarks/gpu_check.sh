@@ -12,10 +12,12 @@
 # 3. ViT-B/16 224-px pretraining steps at batch 128 in bf16 for random and every color:
 #    images/s, peak memory, color/random ratio, model FLOP utilization;
 # 4. a short real run of the pretraining CLI on CUDA (bf16, embedded data, 20 steps) and its summary.json;
-# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (only where benchmarks/pipeline.py exists);
+# 5. data pipeline: the JPEG paths alone (bytes, decode, files, gpu-decode, dali where installed);
 # 6. ViT-B UperNet at 512 px (benchmarks/gpu_segment.py); 7. ViT-B Mask R-CNN at 1024 px (gpu_detect.py);
 # 8. the real pretraining loop vs the bare step, ViT-B/16 batch 256 bf16, eager and --compile: img/s,
-#    real/bare, MFU; peak memory at batch 256 and 512 (benchmarks/loop.py).
+#    real/bare, MFU; peak memory at batch 256 and 512 (benchmarks/loop.py);
+# 9. the real loop on JPEGs (ViT-B/16 batch 256 bf16): files, gpu-decode and, where installed, dali,
+#    beside the bare step (benchmarks/loop.py --jpeg-pipelines; step 5's synthetic folder).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
@@ -143,13 +145,14 @@ EOF' "$PY" "$out/cli_run"
 v=$(verdict)
 record "$name" "${v:-PASS (${took}s)}"
 
-# 5. data pipeline: CPU-worker JPEG decoding vs GPU decode (script written separately)
+# 5. data pipeline: the JPEG paths alone, no model (benchmarks/pipeline.py --gpu-decode)
 name="5. data pipeline, CPU vs GPU decode"
 if [ -f benchmarks/pipeline.py ]; then
   log="$out/5_pipeline_cuda.txt"
-  TAIL=20 run "$name" 60 "$log" "$PY" benchmarks/pipeline.py --device cuda --gpu-decode
+  TAIL=20 run "$name" 90 "$log" "$PY" benchmarks/pipeline.py --device cuda --gpu-decode
   v=$(verdict)
-  record "$name" "${v:-PASS (${took}s)}"
+  if [ -z "$v" ] && ! grep -q "^pipeline summary" "$log"; then v="FAIL (no summary line in the log)"; fi
+  record "$name" "${v:-PASS (${took}s; $(grep '^pipeline summary' "$log" | cut -c 18-170))}"
 else
   echo
   echo "== $name"
@@ -180,6 +183,18 @@ TAIL=16 run "$name" 240 "$log" "$PY" benchmarks/loop.py --device cuda --preset m
 v=$(verdict)
 if [ -z "$v" ] && [ "$(grep -c '^loop summary' "$log")" -ne 2 ]; then v="FAIL (no eager and compiled summary lines)"; fi
 record "$name" "${v:-PASS (${took}s; $(grep '^loop summary' "$log" | sed -E 's/.*\((.*)\): real ([0-9.]+) img.*real\/bare ([0-9.]+), MFU real (.*)/\1 \2 img\/s x\3 MFU \4/' | paste -sd ';' -))}"
+
+# 9. the real loop fed by JPEGs through each pipeline (one epoch of the 4096-image folder: 16 steps)
+name="9. real loop on JPEGs, ViT-B b256"
+log="$out/9_loop_jpeg_cuda.txt"
+pipelines=files,gpu-decode
+"$PY" -c "from colormae.data import dali; raise SystemExit(not dali.dali_available())" 2>/dev/null && pipelines+=,dali
+TAIL=12 run "$name" 150 "$log" "$PY" benchmarks/loop.py --device cuda --preset mae_vit_base_patch16 --batch 256 \
+  --amp bf16 --data embedded --jpeg-pipelines "$pipelines" --jpeg-images 4096 --num-workers 14 --rounds 1 --steps 10 \
+  --warmup 5 --log-every 5
+v=$(verdict)
+if [ -z "$v" ] && ! grep -q '^jpeg loop summary' "$log"; then v="FAIL (no jpeg loop summary lines)"; fi
+record "$name" "${v:-PASS (${took}s; $(grep '^jpeg loop summary' "$log" | sed -E 's/jpeg loop summary \(([^,]*),.*real ([0-9.]+) img\/s, real\/bare ([0-9.]+)/\1 \2 img\/s x\3/' | paste -sd ';' -))}"
 
 { echo
   echo "gpu_check summary: $failed failed, $((SECONDS - start))s of steps (budget ${BUDGET}s); logs in $out/"

@@ -9,6 +9,10 @@
   host sync, so the window holds whole steps); the untimed warm-up covers allocator, kernels and
   compilation.
 
+* real+jpeg(P): the same loop reading ImageNet-like JPEGs (``--jpeg-pipelines``: files, gpu-decode,
+  dali; a synthetic folder of ``--jpeg-images`` 320-640 px photos made once, benchmarks/pipeline.py),
+  ``--num-workers`` DataLoader workers: what an ImageNet run gets from each input pipeline.
+
 Rounds alternate bare and real (and, with ``--compile``, both compiled), so machine drift hits
 every path alike; medians are reported. MFU = model FLOPs per step (forward + backward, counted once
 by torch.utils.flop_counter, eager) x steps/s / peak. Peak: ``--peak-tflops``, else a small table of
@@ -19,6 +23,8 @@ FLOPs are a lower bound.
     python benchmarks/loop.py                                    # CPU: mini preset, batch 128, fp32
     python benchmarks/loop.py --device cuda --preset mae_vit_base_patch16 --batch 256 --amp bf16 --compile \\
         --memory-batches 256,512
+    python benchmarks/loop.py --device cuda --preset mae_vit_base_patch16 --batch 256 --amp bf16 \\
+        --jpeg-pipelines files,gpu-decode --steps 10 --warmup 5 --log-every 5
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from pipeline import ROOT, synthetic_jpeg_folder  # benchmarks/pipeline.py
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -41,6 +48,8 @@ from colormae.models.mae import PRESETS, MaskedAutoencoder, get_config
 from colormae.run import scaffold
 from colormae.run.config import COMPILE_MODES
 from colormae.runtime import autocast
+
+JPEG_PIPELINES = ("files", "gpu-decode", "dali")
 
 # dense bf16 peak FLOP/s by device name (NVIDIA datasheets, without sparsity)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -105,13 +114,18 @@ class Bare:
         return float(counter.get_total_flops())
 
 
-def real_config(args, device: torch.device, out: Path, compile_mode: str | None) -> pretrain.PretrainConfig:
+def real_config(args, device: torch.device, out: Path, compile_mode: str | None,
+                jpeg_pipeline: str | None = None) -> pretrain.PretrainConfig:
     steps = args.warmup + args.steps
     data = {"dataset": "cifar10", "data_root": str(args.cifar)} if args.cifar else {
         # one epoch longer than the run: no epoch end (checkpoint) inside the timed window
         "dataset": "embedded", "dataset_length": args.batch * (steps + 1)}
+    data["pipeline"] = "memory"
+    if jpeg_pipeline is not None:  # parse_args checked that the run ends inside the folder's first epoch
+        data = {"dataset": "imagefolder", "data_root": str(args.jpeg_root), "pipeline": jpeg_pipeline,
+                "num_workers": args.num_workers}
     return pretrain.PretrainConfig(
-        preset=args.preset, **data, pipeline="memory", batch_size=args.batch, epochs=1, max_steps=steps,
+        preset=args.preset, **data, batch_size=args.batch, epochs=1, max_steps=steps,
         warmup_epochs=0.5,
         amp=args.amp, device=str(device), mask=args.mask, log_every=args.log_every, checkpoint_minutes=0,
         compile=compile_mode is not None, compile_mode=compile_mode or "default", output_dir=str(out),
@@ -140,13 +154,14 @@ class ReadTimes:
         scaffold.Run.read_losses = self._real
 
 
-def time_real(args, device: torch.device, out: Path, compile_mode: str | None) -> tuple[float, int | None]:
+def time_real(args, device: torch.device, out: Path, compile_mode: str | None,
+              jpeg_pipeline: str | None = None) -> tuple[float, int | None]:
     """(seconds per step of the real loop between the reads at --warmup and --warmup + --steps, peak
     memory of the run on CUDA)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with ReadTimes() as times:
-        summary = pretrain.run(real_config(args, device, out, compile_mode))
+        summary = pretrain.run(real_config(args, device, out, compile_mode, jpeg_pipeline))
     first, last = args.warmup, args.warmup + args.steps
     if summary["steps"] != last or first not in times.at or last not in times.at:
         raise RuntimeError(f"the real loop ran {summary['steps']} steps, reads at {sorted(times.at)}: expected "
@@ -186,6 +201,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", default="auto", choices=("auto", "cifar10", "embedded"),
                    help="the real loop's data; auto: CIFAR-10 where present, else the embedded photographs")
     p.add_argument("--data-root", default=None, help="folder with CIFAR-10 (default: data.default_data_root())")
+    p.add_argument("--jpeg-pipelines", default="", help=f"also time the real loop on JPEGs through these "
+                   f"input pipelines, comma-separated from {', '.join(JPEG_PIPELINES)}")
+    p.add_argument("--jpeg-images", type=int, default=4096, help="images of the synthetic JPEG folder")
+    p.add_argument("--jpeg-root", default=str(ROOT / "results" / "scratch" / "gpu_decode_jpegs"),
+                   help="where the synthetic JPEG folder is made (once)")
+    p.add_argument("--num-workers", type=int, default=8, help="DataLoader workers of the JPEG paths")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
     args = p.parse_args(argv)
@@ -201,6 +222,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.memory_batches = [int(b) for b in args.memory_batches.split(",") if b.strip()]
     except ValueError:
         p.error(f"--memory-batches {args.memory_batches!r}: comma-separated integers, e.g. 256,512")
+    args.jpeg_pipelines = [x.strip() for x in args.jpeg_pipelines.split(",") if x.strip()]
+    if bad := [x for x in args.jpeg_pipelines if x not in JPEG_PIPELINES]:
+        p.error(f"--jpeg-pipelines: unknown {', '.join(bad)}; allowed values: {', '.join(JPEG_PIPELINES)}")
+    if args.jpeg_pipelines and args.warmup + args.steps >= args.jpeg_images // args.batch:
+        p.error(f"--warmup {args.warmup} + --steps {args.steps} must stay inside one epoch of the JPEG folder "
+                f"({args.jpeg_images // args.batch} steps of {args.batch} from --jpeg-images {args.jpeg_images}): "
+                "an epoch end writes a checkpoint inside the timed window")
     return args
 
 
@@ -219,6 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     modes = [None] + ([args.compile_mode] if args.compile else [])
     paths = [(kind, mode) for mode in modes for kind in ("bare", "real")]
     label = {(k, m): k if m is None else f"{k}+compile({m})" for k, m in paths}
+    for pipeline in args.jpeg_pipelines:  # eager, beside the eager bare step
+        paths.append((f"real+jpeg({pipeline})", None))
+        label[paths[-1]] = paths[-1][0]
+    if args.jpeg_pipelines:
+        args.jpeg_root = synthetic_jpeg_folder(Path(args.jpeg_root), args.jpeg_images)
     print(f"loop benchmark: {args.preset}, batch {args.batch}, amp {args.amp}, {device}, "
           f"{torch.get_num_threads()} threads, {args.mask} masks, real loop on "
           f"{'CIFAR-10 ' + str(args.cifar) if args.cifar else 'the embedded photographs'} (memory pipeline), "
@@ -240,7 +273,9 @@ def main(argv: list[str] | None = None) -> None:
                     times[kind, mode].append(bares[mode].time(args.steps))
                     peaks[kind, mode] = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
                 else:
-                    t, peaks[kind, mode] = time_real(args, device, Path(scratch) / f"run_{r}_{mode}", mode)
+                    jpeg = kind[len("real+jpeg("):-1] if kind.startswith("real+jpeg") else None
+                    out = Path(scratch) / f"run_{r}_{mode}_{jpeg}"
+                    t, peaks[kind, mode] = time_real(args, device, out, mode, jpeg)
                     times[kind, mode].append(t)
                 print(f"  round {r + 1} {label[kind, mode]:<28}{args.batch / times[kind, mode][-1]:10.1f} img/s",
                       flush=True)
@@ -255,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = rates[kind, mode]
         achieved = flops * rate / args.batch / 1e12
         mfu = f"{achieved / peak:8.1%}" if peak else f"{'n/a':>8}"
-        ratio = f"{rate / rates['bare', mode]:11.3f}" if kind == "real" else f"{'':>11}"
+        ratio = f"{rate / rates['bare', mode]:11.3f}" if kind != "bare" else f"{'':>11}"
         mem = peaks.get((kind, mode))
         per = [args.batch / t for t in times[kind, mode]]
         print(f"{label[kind, mode]:<30}{rate:10.1f}{min(per):10.1f}{max(per):10.1f}{ratio}{achieved:9.2f}{mfu}"
@@ -271,6 +306,10 @@ def main(argv: list[str] | None = None) -> None:
         mfu = f"{flops * real / args.batch / 1e12 / peak:.1%}" if peak else "n/a"
         print(f"loop summary ({'eager' if mode is None else 'compile ' + mode}): real {real:.1f} img/s, "
               f"bare {rates['bare', mode]:.1f} img/s, real/bare {real / rates['bare', mode]:.3f}, MFU real {mfu}")
+    for pipeline in args.jpeg_pipelines:
+        rate = rates[f"real+jpeg({pipeline})", None]
+        print(f"jpeg loop summary ({pipeline}, {args.num_workers} workers): real {rate:.1f} img/s, "
+              f"real/bare {rate / rates['bare', None]:.3f}")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,12 @@ is the cost being measured. Run with ``OMP_WAIT_POLICY=PASSIVE`` on a shared mac
     python benchmarks/pipeline.py                          # CIFAR-10, mae_vit_mini_patch4_32, CPU, < 3 min
     python benchmarks/pipeline.py --amp none               # fp32: CPUs without native bf16 (AVX2 only)
     python benchmarks/pipeline.py --presets mae_vit_mini_patch4_32,mae_vit_tiny_patch4_32
-    python benchmarks/pipeline.py --device cuda --gpu-decode   # JPEG folder: CPU workers vs decode_jpeg on GPU
+    python benchmarks/pipeline.py --device cuda --gpu-decode   # JPEG folder: every JPEG path, no model
+
+``--gpu-decode`` times the JPEG paths alone (one epoch each, twice, interleaved): the bytes read by the
+workers (the floor every path shares), bytes + ``decode_jpeg`` on the device (decode alone), the
+``gpu-decode`` pipeline (decode + TrainAugment), PIL in workers (``files``) and, where NVIDIA DALI is
+installed, the ``dali`` pipeline (``--device cpu``: DALI's CPU backend).
 """
 from __future__ import annotations
 
@@ -30,9 +35,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from timm.optim import create_optimizer_v2
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from colormae import make_masker
+from colormae.data import dali
 from colormae.data import memory as inmemory
 from colormae.data.datasets import build_dataset, default_data_root, pretrain_transform
 from colormae.data.samplers import GlobalBatchSampler, SeededSamples
@@ -140,7 +148,6 @@ def bench_preset(preset: str, args, device: torch.device) -> None:
 # ------------------------------------------------------------------------------ gpu decode
 def synthetic_jpeg_folder(root: Path, n: int, seed: int = 0) -> Path:
     """``root/train/<class>/*.jpg``: ImageNet-like sizes and smooth content, made once."""
-    from PIL import Image
     done = root / f".complete-{n}"
     if done.exists():
         return root
@@ -164,26 +171,40 @@ def bench_gpu_decode(args, device: torch.device) -> None:
     sampler = GlobalBatchSampler(len(ds_files), B, DistInfo(), seed=0)
     cpu_loader = torch.utils.data.DataLoader(SeededSamples(ds_files), batch_sampler=sampler, num_workers=workers,
                                              pin_memory=device.type == "cuda", persistent_workers=workers > 0)
-    gpu_loader = inmemory.GpuDecodeLoader(ds_bytes, sampler, inmemory.TrainAugment(size), device, num_workers=workers)
-    print(f"synthetic JPEG folder {root}: {len(ds_files)} images ~320-640 px; batch {B}, {workers} workers, {device}")
+    augment = inmemory.TrainAugment(size)
+    bytes_loader = torch.utils.data.DataLoader(inmemory.JpegBytes(ds_bytes), batch_sampler=sampler, num_workers=workers,
+                                               collate_fn=inmemory._collate_bytes, persistent_workers=workers > 0)
+    paths = {"bytes-only": bytes_loader,
+             "decode-only": lambda: ((decode_jpeg(d, mode=ImageReadMode.RGB, device=device), y)
+                                     for d, y, _ in bytes_loader),
+             "cpu-workers": cpu_loader,
+             "gpu-decode": inmemory.GpuDecodeLoader(ds_bytes, sampler, augment, device, num_workers=workers)}
+    if dali.dali_available():
+        paths["dali"] = dali.DaliLoader(ds_bytes, sampler, augment, device, num_workers=workers,
+                                        num_threads=args.dali_threads)
+    print(f"synthetic JPEG folder {root}: {len(ds_files)} images ~320-640 px; batch {B}, {workers} workers, {device}"
+          + ("" if "dali" in paths else '; dali: not installed (pip install "colormae[dali]"), not timed'))
     print("measures: the input pipeline alone, one epoch per pass, no model: read + JPEG decode + MAE's "
-          "RandomResizedCrop(0.2-1, bicubic) + flip + normalize, on the device; cpu-workers = PIL in DataLoader "
-          "workers, gpu-decode = bytes from workers, torchvision decode_jpeg + TrainAugment on the device")
-    results = {}
-    for name, loader in (("cpu-workers", cpu_loader), ("gpu-decode", gpu_loader), ("cpu-workers", cpu_loader),
-                         ("gpu-decode", gpu_loader)):
-        n, stats = 0, []
-        sync(device)
-        t = time.perf_counter()
-        for batch in loader:  # one epoch
-            x = (batch[0] if isinstance(batch, (list, tuple)) else batch).to(device, non_blocking=True)
-            n += x.shape[0]
-            stats.append(torch.stack([x.mean(), x.std()]))
-        sync(device)
-        results.setdefault(name, []).append(n / (time.perf_counter() - t))
-        mean, std = torch.stack(stats).mean(0).tolist()
-        print(f"  {name:<12}{results[name][-1]:10.1f} img/s   output mean {mean:+.3f} std {std:.3f}")
-    print(f"gpu-decode / cpu-workers (best of 2): {max(results['gpu-decode']) / max(results['cpu-workers']):.2f}")
+          "RandomResizedCrop(0.2-1, bicubic) + flip + normalize, on the device; bytes-only = what the workers "
+          "read (every path's floor); decode-only = bytes + decode_jpeg on the device, no augmentation; "
+          "cpu-workers = PIL in DataLoader workers (files); gpu-decode = bytes from workers, decode_jpeg + "
+          "TrainAugment on the device; dali = bytes and seeded boxes from workers, DALI decode + crop + resize")
+    results: dict[str, list[float]] = {}
+    for _ in range(2):
+        for name, loader in paths.items():
+            n = 0
+            sync(device)
+            t = time.perf_counter()
+            for batch in (loader() if callable(loader) else loader):  # one epoch
+                x = batch[0] if isinstance(batch, (list, tuple)) else batch
+                n += len(x)
+            sync(device)
+            results.setdefault(name, []).append(n / (time.perf_counter() - t))
+            print(f"  {name:<12}{results[name][-1]:10.1f} img/s", flush=True)
+    best = {k: max(v) for k, v in results.items()}
+    print("pipeline summary (best of 2, img/s): " + ", ".join(f"{k} {v:.0f}" for k, v in best.items())
+          + f"; gpu-decode / cpu-workers {best['gpu-decode'] / best['cpu-workers']:.2f}"
+          + (f"; dali / cpu-workers {best['dali'] / best['cpu-workers']:.2f}" if "dali" in best else ""))
 
 
 def main() -> None:
@@ -206,6 +227,7 @@ def main() -> None:
     p.add_argument("--gpu-decode", action="store_true", help="compare CPU-worker vs GPU JPEG decoding instead")
     p.add_argument("--gpu-batch", type=int, default=256)
     p.add_argument("--jpeg-images", type=int, default=4096)
+    p.add_argument("--dali-threads", type=int, default=4, help="--gpu-decode: DALI's CPU threads")
     args = p.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -147,13 +147,16 @@ def test_pack_tars_round_trip_keeps_every_member_byte_for_byte(tmp_path, capsys)
 def test_loop_benchmark_smoke_prints_rates_ratio_and_mfu(monkeypatch, capsys, tmp_path):
     """benchmarks/loop.py on the CPU, tiny: the bare and the real loop's img/s, their ratio, FLOPs and
     the peak (n/a on a CPU), and one summary line whose ratio is its own two rates' (gpu_check greps it)."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as `python benchmarks/loop.py` has it
     loop = load_script("loop")
     monkeypatch.setenv("COLORMAE_CACHE", str(tmp_path / "cache"))
     argv = ["--device", "cpu", "--preset", MICRO_PRESET, "--batch", "8", "--steps", "2", "--warmup", "2",
             "--log-every", "2", "--rounds", "1", "--data", "embedded", "--threads", "1"]
+    jpeg = ["--jpeg-pipelines", "files,gpu-decode", "--jpeg-images", "48", "--jpeg-root", str(tmp_path / "jpegs"),
+            "--num-workers", "0"]
     threads = torch.get_num_threads()
     try:
-        loop.main(argv)
+        loop.main([*argv, *jpeg])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
@@ -167,8 +170,13 @@ def test_loop_benchmark_smoke_prints_rates_ratio_and_mfu(monkeypatch, capsys, tm
     assert real > 0 and bare > 0 and abs(ratio - real / bare) < 2e-3
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.startswith(("bare ", "real "))}
     assert float(rows["real"][1]) == real and float(rows["bare"][1]) == bare and float(rows["real"][4]) == ratio
+    for pipeline in ("files", "gpu-decode"):  # the real loop on JPEGs through each pipeline, beside the bare step
+        m = re.search(rf"jpeg loop summary \({pipeline}, 0 workers\): real ([0-9.]+) img/s, real/bare ([0-9.]+)", out)
+        assert m and abs(float(m[2]) - float(m[1]) / bare) < 2e-3, out
     for bad, message in ((["--steps", "3"], "multiples of --log-every"), (["--memory-batches", "2x"], "integers"),
-                         (["--compile-mode", "reduce-overhead"], "without --compile")):
+                         (["--compile-mode", "reduce-overhead"], "without --compile"),
+                         (["--jpeg-pipelines", "nvjpeg"], "allowed values: files, gpu-decode, dali"),
+                         (["--jpeg-pipelines", "files", "--jpeg-images", "32"], "inside one epoch")):
         with pytest.raises(SystemExit) as e:
             loop.parse_args([*argv, *bad])
         assert e.value.code == 2 and message in capsys.readouterr().err

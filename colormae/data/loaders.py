@@ -1,4 +1,4 @@
-"""The training loader of every engine: one seeded sampler, three pipelines."""
+"""The training loader of every engine: one seeded sampler, four pipelines."""
 from __future__ import annotations
 
 from typing import Callable
@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from ..runtime import DistInfo
 from . import datasets as data_lib
+from .dali import DaliLoader
 from .memory import BatchedLoader, GpuDecodeLoader, choose_pipeline, decode_to_memory
 from .samplers import GlobalBatchSampler, SeededSamples
 
@@ -21,7 +22,9 @@ def train_loader(cfg, info: DistInfo, device: torch.device, batch_size: int, *, 
     draws a sample's augmentation from its seed alone:
     * "memory": decoded once into a uint8 tensor (cached), ``batch_augment`` on the device;
     * "files": PIL decode + ``files_transform`` in DataLoader workers;
-    * "gpu-decode": JPEG bytes from workers, decoded and ``batch_augment``-ed on the device.
+    * "gpu-decode": JPEG bytes from workers, decoded and ``batch_augment``-ed on the device;
+    * "dali": JPEG bytes and ``batch_augment``'s seeded boxes from workers, decoded, cropped and resized
+      by NVIDIA DALI on the device (``colormae.data.dali``; pretraining only).
     ``batch_augment=None`` means the augmentation exists per file only (RandAugment): "auto" then
     takes "files" and an explicit "memory" is an error.
     """
@@ -46,6 +49,8 @@ def train_loader(cfg, info: DistInfo, device: torch.device, batch_size: int, *, 
     sampler = GlobalBatchSampler(len(data), batch_size * info.world_size, info, cfg.seed)
     if pipeline == "gpu-decode":
         return sampler, GpuDecodeLoader(data, sampler, batch_augment, device, cfg.num_workers), data, pipeline
+    if pipeline == "dali":
+        return sampler, DaliLoader(data, sampler, batch_augment, device, cfg.num_workers), data, pipeline
     loader = torch.utils.data.DataLoader(SeededSamples(data), batch_sampler=sampler, num_workers=cfg.num_workers,
                                          pin_memory=device.type == "cuda")
     return sampler, loader, data, pipeline

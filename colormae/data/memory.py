@@ -47,15 +47,17 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset, Subset
+from torchvision.io import ImageReadMode, decode_jpeg
 
 from ..files import save_torch
 from ..runtime import progress
 from . import datasets as data_lib
 
 log = logging.getLogger(__name__)
-PIPELINES = ("auto", "memory", "files", "gpu-decode")
+PIPELINES = ("auto", "memory", "files", "gpu-decode", "dali")
 
 MEMORY_DATASETS = ("cifar10", "embedded")  # always decoded to memory by "auto"
 MEMORY_BUDGET_BYTES = 4 * 2 ** 30  # "auto" keeps an imagefolder in memory below this decoded size
@@ -233,7 +235,6 @@ def fits_in_memory(name: str, root: str | os.PathLike | None = None, split: str 
     files = _image_files(folder, MAX_MEMORY_FILES) if folder is not None else None
     if not files:
         return False
-    from PIL import Image
     sizes = set()
     for f in files:  # headers only: PIL does not decode until asked
         try:
@@ -249,7 +250,7 @@ def fits_in_memory(name: str, root: str | os.PathLike | None = None, split: str 
 
 def choose_pipeline(name: str, pipeline: str = "auto", *, root: str | os.PathLike | None = None,
                     split: str = "train") -> str:
-    """"memory", "files" or "gpu-decode" for ``pipeline`` (one of ``PIPELINES``); "auto" is memory
+    """"memory", "files", "gpu-decode" or "dali" for ``pipeline`` (one of ``PIPELINES``); "auto" is memory
     for cifar10 / embedded / small one-size image folders, files otherwise (ImageNet)."""
     if pipeline not in PIPELINES:
         raise ValueError(f"unknown pipeline={pipeline!r}; allowed values: {', '.join(PIPELINES)}")
@@ -454,7 +455,6 @@ class GpuDecodeLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from torchvision.io import ImageReadMode, decode_jpeg
         for data, labels, seeds in self.loader:
             images = decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device)
             yield self.transform(images, seeds), labels.to(self.device, non_blocking=True)

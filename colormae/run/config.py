@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from ..data.dali import require_dali
 from ..data.memory import PIPELINES
 
 # argparse groups in the order --help shows them (timm's train.py groups its flags the same way)
@@ -98,7 +99,8 @@ class EngineConfig(RunConfig):
                         choices=("embedded", "cifar10", "imagefolder"))
     pipeline: str = knob("auto", "input pipeline: 'memory' decodes small datasets once and augments whole "
                          "batches on the device, 'files' decodes every image in DataLoader workers, "
-                         "'gpu-decode' decodes JPEGs on CUDA (experimental); 'auto' picks memory for "
+                         "'gpu-decode' decodes JPEGs on CUDA (experimental), 'dali' decodes, crops and resizes "
+                         "them with NVIDIA DALI (optional extra colormae[dali]; pretraining); 'auto' picks memory for "
                          "cifar10/embedded and small one-size image folders, files otherwise", choices=PIPELINES,
                          group="data")
     skip_corrupt: bool = knob(False, "skip (and count) unreadable images instead of stopping", group="data",
@@ -316,6 +318,8 @@ def check_common(cfg: RunConfig) -> None:
                              "or drop --compile-mode")
     if isinstance(cfg, EngineConfig):
         check_choice("pipeline", cfg.pipeline, PIPELINES)
+        if cfg.pipeline == "dali":
+            require_dali()  # the optional extra: one clear error before any work
         check_choice("dataset", cfg.dataset, ("embedded", "cifar10", "imagefolder"))
     check_positive(cfg, "log_every", "max_steps")
     check_positive(cfg, "save_every", "checkpoint_minutes", "num_workers", allow_zero=("save_every",
