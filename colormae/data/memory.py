@@ -443,7 +443,8 @@ def _collate_bytes(batch):
 class GpuDecodeLoader:
     """Like ``BatchedLoader`` for JPEG datasets too big for memory: ``num_workers`` processes read
     bytes, ``torchvision.io.decode_jpeg`` decodes the batch on ``device`` (nvJPEG on CUDA), then
-    ``transform`` augments it there. Experimental (``pipeline="gpu-decode"``): not yet run on a GPU."""
+    ``transform`` augments it there. Experimental (``pipeline="gpu-decode"``; measured in
+    docs/gpu_and_clusters.md)."""
 
     def __init__(self, dataset: Dataset, batch_sampler, transform, device: torch.device | str, num_workers: int = 4):
         self.device, self.transform = torch.device(device), transform

@@ -58,7 +58,7 @@ RECIPES = {
     "paper": dict(data="ade20k", crop_size=512, keep_grid=False,
                   iterations=160_000, batch_size=16, warmup_iters=1500, eval_every=16_000),
     # sized from measurements: nano encoder, one idle core: ~0.75 s CPU per iteration (batch 8), ~5 s to
-    # evaluate 50 test images: ~2.7 min per run, ~32 min for the 12 runs of run_pennfudan_experiment
+    # evaluate 50 test images: ~1-2.7 min per run on 2 cores (docs/results.md)
     "cpu": dict(data="pennfudan", crop_size=128, keep_grid=True, head_channels=32,
                 iterations=200, batch_size=8, warmup_iters=20, eval_every=0),
 }
