@@ -127,13 +127,13 @@ def validate(cfg: FinetuneConfig) -> None:
                    allow_zero=("weight_decay", "warmup_epochs", "min_lr", "reprob", "mixup", "cutmix"))
     if cfg.protocol != "knn":
         check_positive(cfg, "epochs", "blr")
+    if cfg.protocol != "finetune" and cfg.pipeline == "dali":  # frozen features: the eval transform, not DALI's
+        raise ValueError(f"pipeline='dali' runs pretraining's augmentation only; allowed values for "
+                         f"protocol={cfg.protocol!r}: auto, memory, files, gpu-decode")
     if cfg.protocol == "finetune":
         if cfg.pipeline not in ("auto", "files"):
             raise ValueError(f"pipeline={cfg.pipeline!r}: fine-tuning's augmentation (RandAugment, random erasing) "
                              "runs per image; allowed values here: auto, files")
-    elif cfg.pipeline == "dali":  # frozen features read the eval transform, which DALI does not run here
-        raise ValueError(f"pipeline='dali' runs pretraining's augmentation only; allowed values for "
-                         f"protocol={cfg.protocol!r}: auto, memory, files, gpu-decode")
         if (cfg.mixup > 0 or cfg.cutmix > 0) and cfg.batch_size % 2:
             raise ValueError(f"batch_size={cfg.batch_size} must be even with mixup/cutmix (timm mixes flipped pairs)")
         if not 0 < cfg.layer_decay <= 1 or not 0 <= cfg.drop_path < 1 or not 0 <= cfg.smoothing < 1:
