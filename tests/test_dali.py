@@ -81,5 +81,6 @@ def test_pipeline_dali_is_checked_before_any_work(monkeypatch):
     check_common(pretrain.PretrainConfig(pipeline="gpu-decode"))  # the others need nothing extra
     with pytest.raises(ValueError, match="allowed values here: auto, files"):
         finetune.validate(finetune.FinetuneConfig(encoder="e.pth", pipeline="dali", protocol="finetune"))
-    with pytest.raises(ValueError, match=r"pretraining's augmentation only; allowed values for protocol='knn'"):
-        finetune.validate(finetune.FinetuneConfig(encoder="e.pth", pipeline="dali", protocol="knn"))
+    for pipeline in ("dali", "gpu-decode"):  # frozen features would silently read files: refused instead
+        with pytest.raises(ValueError, match=rf"pipeline='{pipeline}' is not used by protocol='knn'.*auto, memory"):
+            finetune.validate(finetune.FinetuneConfig(encoder="e.pth", pipeline=pipeline, protocol="knn"))

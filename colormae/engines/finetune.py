@@ -127,9 +127,10 @@ def validate(cfg: FinetuneConfig) -> None:
                    allow_zero=("weight_decay", "warmup_epochs", "min_lr", "reprob", "mixup", "cutmix"))
     if cfg.protocol != "knn":
         check_positive(cfg, "epochs", "blr")
-    if cfg.protocol != "finetune" and cfg.pipeline == "dali":  # frozen features: the eval transform, not DALI's
-        raise ValueError(f"pipeline='dali' runs pretraining's augmentation only; allowed values for "
-                         f"protocol={cfg.protocol!r}: auto, memory, files, gpu-decode")
+    if cfg.protocol != "finetune" and cfg.pipeline not in ("auto", "memory", "files"):
+        # frozen features read the eval transform from memory or files; gpu-decode and dali augment for training
+        raise ValueError(f"pipeline={cfg.pipeline!r} is not used by protocol={cfg.protocol!r} (frozen features "
+                         "read memory or files); allowed values here: auto, memory, files")
     if cfg.protocol == "finetune":
         if cfg.pipeline not in ("auto", "files"):
             raise ValueError(f"pipeline={cfg.pipeline!r}: fine-tuning's augmentation (RandAugment, random erasing) "
