@@ -182,7 +182,7 @@ TAIL=16 run "$name" 240 "$log" "$PY" benchmarks/loop.py --device cuda --preset m
   --amp bf16 --data embedded --compile --rounds 2 --steps 20 --warmup 20 --log-every 10 --memory-batches 256,512
 v=$(verdict)
 if [ -z "$v" ] && [ "$(grep -c '^loop summary' "$log")" -ne 2 ]; then v="FAIL (no eager and compiled summary lines)"; fi
-record "$name" "${v:-PASS (${took}s; $(grep '^loop summary' "$log" | sed -E 's/.*\((.*)\): real ([0-9.]+) img.*real\/bare ([0-9.]+), MFU real (.*)/\1 \2 img\/s x\3 MFU \4/' | paste -sd ';' -))}"
+record "$name" "${v:-PASS (${took}s; $(grep '^loop summary' "$log" | sed -E 's/.*\((.*)\): real ([0-9.]+) img.*real\/bare ([0-9.]+), MFU real ([^;]*).*/\1 \2 img\/s x\3 MFU \4/' | paste -sd ';' -))}"
 
 # 9. the real loop fed by JPEGs through each pipeline (one epoch of the 4096-image folder: 16 steps)
 name="9. real loop on JPEGs, ViT-B b256"

@@ -304,8 +304,12 @@ def main(argv: list[str] | None = None) -> None:
     for mode in modes:
         real = rates["real", mode]
         mfu = f"{flops * real / args.batch / 1e12 / peak:.1%}" if peak else "n/a"
+        # each round times bare then real back to back: their ratio pairs out the machine's drift
+        by_round = [b / r for b, r in zip(times["bare", mode], times["real", mode])]
         print(f"loop summary ({'eager' if mode is None else 'compile ' + mode}): real {real:.1f} img/s, "
-              f"bare {rates['bare', mode]:.1f} img/s, real/bare {real / rates['bare', mode]:.3f}, MFU real {mfu}")
+              f"bare {rates['bare', mode]:.1f} img/s, real/bare {real / rates['bare', mode]:.3f}, MFU real {mfu}; "
+              f"real/bare by round: median {statistics.median(by_round):.3f}, range {min(by_round):.3f}-"
+              f"{max(by_round):.3f} over {len(by_round)} rounds")
     for pipeline in args.jpeg_pipelines:
         rate = rates[f"real+jpeg({pipeline})", None]
         print(f"jpeg loop summary ({pipeline}, {args.num_workers} workers): real {rate:.1f} img/s, "

@@ -168,6 +168,9 @@ def test_loop_benchmark_smoke_prints_rates_ratio_and_mfu(monkeypatch, capsys, tm
     assert m, out
     real, bare, ratio = map(float, m.groups())
     assert real > 0 and bare > 0 and abs(ratio - real / bare) < 2e-3
+    # one round: the per-round ratio is that round's, i.e. the same two rates'
+    m = re.search(r"real/bare by round: median ([0-9.]+), range ([0-9.]+)-([0-9.]+) over 1 rounds", out)
+    assert m and abs(float(m[1]) - ratio) < 2e-3 and m[1] == m[2] == m[3], out
     rows = {ln.split()[0]: ln.split() for ln in out.splitlines() if ln.startswith(("bare ", "real "))}
     assert float(rows["real"][1]) == real and float(rows["bare"][1]) == bare and float(rows["real"][4]) == ratio
     for pipeline in ("files", "gpu-decode"):  # the real loop on JPEGs through each pipeline, beside the bare step
