@@ -227,6 +227,9 @@ def test_table4_joins_timing_and_its_noise_floor(tmp_path):
     assert shown.loc[("cpu", "p", "random", "online"), "cuda_peak_mib"] == "—"
     assert shown.loc[("cuda", "p", "random", "online"), "cuda_peak_mib"] == "209"  # 4 significant digits
     assert shown.loc[("cuda", "p", "random", "online"), "step_ms"] == "—"
+    cpu_shown, cuda_shown = report.table4_by_device(t4)  # notebook 08: one table per device, its own columns
+    assert set(cpu_shown.index.get_level_values("device")) == {"cpu"} and "cuda_peak_mib" not in cpu_shown
+    assert "step_ms" not in cuda_shown and cuda_shown.loc[("cuda", "p", "random", "online"), "cuda_peak_mib"] == "209"
     fig = report.table4_figure(t4, device="cpu")  # memory bars in %, time bars from 1, the floor shaded
     top, bottom = fig.axes[0], fig.axes[1]
     assert [b.get_height() for b in top.patches] == pytest.approx([0.0, 2.06])

@@ -326,6 +326,12 @@ def table4_display(table4: pd.DataFrame, digits: int = 4) -> pd.DataFrame:
     return t.apply(lambda col: col.map(fmt))  # Series.map: DataFrame.map needs pandas 2.1
 
 
+def table4_by_device(table4: pd.DataFrame, digits: int = 4) -> list[pd.DataFrame]:
+    """:func:`table4_display` of each device's rows, in table order: each shows only the columns that
+    device filled (a CPU has no CUDA peak, a device without timing no step times)."""
+    return [table4_display(rows, digits) for _, rows in table4.groupby("device", sort=False)]
+
+
 def _time_bars(ax, labels, ratios, colors, hatch, floor: float, title: str, ylabel: str) -> None:
     """Step time / random as bars from 1 (the baseline), the noise floor shaded, each bar labelled."""
     ratios = list(ratios)
