@@ -1,6 +1,8 @@
 """The DALI pipeline (``--pipeline dali``) on DALI's CPU backend: its crops are TrainAugment's, sample
 for sample (the same seeded boxes and flips, decoded and resized by DALI), it is deterministic, and
 without DALI it fails with one clear error. Skipped where the optional extra is not installed."""
+from dataclasses import replace
+
 import pytest
 import torch
 from test_inmemory import smooth_images, write_tar
@@ -12,6 +14,7 @@ from colormae.data.datasets import build_dataset
 from colormae.data.samplers import GlobalBatchSampler
 from colormae.engines import finetune, pretrain
 from colormae.run.config import check_common
+from colormae.run.rundir import read_metrics
 from colormae.runtime import DistInfo
 
 needs_dali = pytest.mark.skipif(not dali.dali_available(), reason='NVIDIA DALI is not installed (pip install '
@@ -84,3 +87,22 @@ def test_pipeline_dali_is_checked_before_any_work(monkeypatch):
     for pipeline in ("dali", "gpu-decode"):  # frozen features would silently read files: refused instead
         with pytest.raises(ValueError, match=rf"pipeline='{pipeline}' is not used by protocol='knn'.*auto, memory"):
             finetune.validate(finetune.FinetuneConfig(encoder="e.pth", pipeline=pipeline, protocol="knn"))
+
+
+@needs_dali
+def test_pretraining_on_dali_resumes_exactly(tmp_path):
+    """``colormae pretrain --pipeline dali`` on a JPEG folder (DALI's CPU backend): a run cut mid-epoch and
+    resumed logs the uninterrupted run's losses, step for step (boxes come from the samples' seeds)."""
+    for k, img in enumerate(smooth_images(16, 40, 48, seed=5)):
+        (tmp_path / "jpegs" / "train" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        img.save(tmp_path / "jpegs" / "train" / f"c{k % 2}" / f"{k:02d}.jpg", quality=90)
+    cfg = pretrain.PretrainConfig(preset="mae_vit_micro_patch4_32", dataset="imagefolder", pipeline="dali",
+                                  data_root=str(tmp_path / "jpegs"), epochs=2, batch_size=4, warmup_epochs=0.5,
+                                  blr=1e-3, amp="none", device="cpu", num_workers=0, log_every=1, seed=0,
+                                  output_dir=str(tmp_path / "full"))
+    full = pretrain.run(cfg)
+    assert full["finished"] and full["pipeline"] == "dali" and full["steps"] == 8
+    assert not pretrain.run(replace(cfg, output_dir=str(tmp_path / "cut"), max_steps=3))["finished"]
+    pretrain.run(replace(cfg, output_dir=str(tmp_path / "cut"), resume="auto"))
+    losses = [[r["loss"] for r in read_metrics(tmp_path / d) if "loss" in r] for d in ("full", "cut")]
+    assert len(losses[0]) == 8 and losses[0] == losses[1]
