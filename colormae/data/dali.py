@@ -113,6 +113,9 @@ class DaliLoader:
         # one rank's batch of a GlobalBatchSampler: DALI's maximum batch size
         per_rank = batch_sampler.global_batch // batch_sampler.info.world_size
         self.pipe = build_pipeline(per_rank, self.size, device_id, num_threads)
+        where = "on CPU" if device_id is None else f"on cuda:{device_id} (nvJPEG)"
+        log.info("dali pipeline: batches of %d at %d px, decoded %s, %d DALI threads, %d workers", per_rank,
+                 self.size, where, num_threads, num_workers)
 
     def __len__(self) -> int:
         return len(self.loader)
