@@ -102,6 +102,14 @@ def save_figure_file(fig: Figure, path: Path, dpi: int = 150) -> Path:
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight"))
 
 
+def write_outputs(fig: Figure, out: Path, record: Path, fields: dict, what: str) -> Path:
+    """The figure, its JSON record (``fields`` and the figure's path) beside it, and one line saying where."""
+    save_figure_file(fig, out)
+    write_json({**fields, "figure": repo_relative(out)}, record)
+    print(f"{what} -> {out}, {record}")
+    return out
+
+
 def describe(model: MaskedAutoencoder) -> dict:
     """What the record says about the loaded model."""
     cfg = model.cfg
@@ -233,11 +241,9 @@ def _reconstruct(argv: Sequence[str] | None) -> Path:
     fig, mse = checkpoint_reconstructions(model, imgs, args.mask, args.mask_ratio, args.seed, title=(
         f"{checkpoint_name(args.checkpoint)} ({model.source_format}): {group}, {args.mask_ratio:.0%} masked "
         f"({target})"))
-    save_figure_file(fig, out)
-    write_json({**describe(model), "figure": repo_relative(out), "images": names, "masks": args.mask,
-                "mask_ratio": args.mask_ratio, "seed": args.seed, "masked_patch_mse": mse}, record)
-    print(f"{model.source} ({model.source_format}) -> {out}, {record}")
-    return out
+    return write_outputs(fig, out, record, {**describe(model), "images": names, "masks": args.mask,
+                                            "mask_ratio": args.mask_ratio, "seed": args.seed,
+                                            "masked_patch_mse": mse}, f"{model.source} ({model.source_format})")
 
 
 def _attention(argv: Sequence[str] | None) -> Path:
@@ -252,16 +258,14 @@ def _attention(argv: Sequence[str] | None) -> Path:
     label = checkpoint_name(args.checkpoint)
     title = f"{label} ({model.source_format}): [CLS] attention, last block, mean over heads"
     fig, maps = checkpoint_attention(model, groups, label, title=title)
-    save_figure_file(fig, out)
     if penn:
         foreground = attention.model_foreground_attention(model, penn[:args.n_pennfudan], size)
     else:
         log.warning("%s: the foreground fraction is skipped", reason)
         foreground = {"skipped": reason}
-    write_json({**describe(model), "figure": repo_relative(out), "images": names, "block": "last",
-                "cls_attention": maps, "pennfudan_foreground_attention": foreground}, record)
-    print(f"{model.source} ({model.source_format}) -> {out}, {record}")
-    return out
+    return write_outputs(fig, out, record, {**describe(model), "images": names, "block": "last", "cls_attention": maps,
+                                            "pennfudan_foreground_attention": foreground},
+                         f"{model.source} ({model.source_format})")
 
 
 def _eigencam(argv: Sequence[str] | None) -> Path:
@@ -279,12 +283,11 @@ def _eigencam(argv: Sequence[str] | None) -> Path:
     label = checkpoint_name(args.checkpoint)
     fig = cam.plot_classifier_cams({f"{label}\n({kind.split(':')[0]})": classifier}, imgs,
                                    title=f"EigenCAM, last block: {label} ({kind}), {group}")
-    save_figure_file(fig, out)
-    write_json({"checkpoint": repo_relative(project_path(args.checkpoint)), "classifier": kind,
-                "num_classes": classifier.num_classes, "global_pool": classifier.global_pool,
-                "img_size": classifier.patch_embed.img_size[0], "figure": repo_relative(out), "images": names}, record)
-    print(f"{args.checkpoint} ({kind}) -> {out}, {record}")
-    return out
+    return write_outputs(fig, out, record, {"checkpoint": repo_relative(project_path(args.checkpoint)),
+                                            "classifier": kind, "num_classes": classifier.num_classes,
+                                            "global_pool": classifier.global_pool,
+                                            "img_size": classifier.patch_embed.img_size[0], "images": names},
+                         f"{args.checkpoint} ({kind})")
 
 
 def reconstruct_main(argv: Sequence[str] | None = None) -> None:

@@ -52,9 +52,9 @@ def recorded_summary(cfg, run_dir: Path) -> dict | None:
     whose weights are not committed (git-ignored) is read back, never recomputed and rewritten. None
     when there is no finished run of ``cfg``'s epoch count there (the engine then runs or resumes it)."""
     rd = RunDir(run_dir)
-    if not is_finished(run_dir):
+    summary = rd.read_summary() if rd.file("summary.json").is_file() else None
+    if not summary or not summary.get("finished"):
         return None
-    summary = rd.read_summary()
     if summary.get("config", {}).get("epochs") != getattr(cfg, "epochs", None):
         return None  # epochs grew: the run goes on
     check_same_experiment(rd.read_config(), cfg, rd.path, recorded_amp=recorded_precision(rd))
