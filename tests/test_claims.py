@@ -200,3 +200,25 @@ def test_results_md_quotes_the_notebooks_sentences():
         assert results.confirmatory_in_words(test, endpoint=endpoint) == line
     # the README states the primary result with the same words
     assert status[0] in _text(ROOT / "README.md")
+
+
+def test_dense_readings_quote_their_tables():
+    """The Penn-Fudan readings of docs/results.md quote only intervals and Holm p's of the tables computed
+    from the records, the wall-time ranges of the runs at pretraining seeds 2-4, and the AP50-box remark's
+    arithmetic (plant: edit one quoted number -> fails)."""
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    for file, heading in (("segmentation.csv", "## Segmentation on Penn-Fudan"), ("detection.csv",
+                                                                                 "## Detection on Penn-Fudan")):
+        section = text[text.index(heading):]
+        section = section[:section.find("\n## ", len(heading))]
+        table = dense_table_md(file)
+        assert table in section
+        prose = re.sub(r"\s+", " ", section.replace(table, ""))
+        quoted = re.findall(r"[+−]\d+\.\d+ \[[+−]\d+\.\d+, [+−]\d+\.\d+\]", prose)
+        quoted += re.findall(r"Holm p \d\.\d+", prose)
+        assert len(quoted) >= 6 and all(q in table for q in quoted), [q for q in quoted if q not in table]
+        wall = pd.read_csv(RESULTS / "dense_pennfudan" / file).query("pretrain_seed >= 2")["wall_s"]
+        assert f"took {wall.min():.0f}–{wall.max():.0f} s" in prose
+    by_seed = results.by_pretraining_seed(pd.read_csv(RESULTS / "dense_pennfudan" / "detection.csv"), ["ap50_box"])
+    p = results.paired_differences(by_seed, "ap50_box", "random").loc["green", "p_holm"]
+    assert "multiplied by those 4 it would sit just under 0.05" in _text(DOCS / "results.md") and 0.045 < 4 * p < 0.05
